@@ -1,0 +1,30 @@
+# `make demo`: the whole pipeline on the built-in synthetic benchmark (set-up included).
+# `make test`: the test suite (set-up included). Both create .venv from nothing when it is missing.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+CTXSSL := $(VENV)/bin/ctxssl
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup test test-slow demo clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+# pretrain renders the synthetic benchmark on first use; evaluate takes the latest run
+demo: $(STAMP)
+	$(CTXSSL) pretrain --preset demo
+	$(CTXSSL) evaluate
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,11 @@
+"""Evaluation on cached embeddings (SPEC §4): the numbers, tables and plots of `ctxssl evaluate`.
+
+- metrics.py   R² (sklearn and paper variants), retrieval ranks -> MRR / H@k, weighted-kNN top-1
+- probes.py    fixed evaluation pairs, the R² pair probes, the linear classification probe
+- report.py    report.json / report.md, rich tables
+- plots.py     R² and retrieval against context length (PNG)
+- pipeline.py  the protocol end to end (embeddings once -> every metric -> one report dict)
+
+Import from the submodules; this package imports nothing, so that loading one piece (say, metrics in a
+test) does not pull in matplotlib.
+"""

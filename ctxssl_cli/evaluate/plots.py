@@ -1,0 +1,101 @@
+"""PNG plots of a report (SPEC §4 "Report"): R² and retrieval against context length, one curve per mode.
+
+matplotlib's object API with its Agg canvas (no pyplot, no global backend or figure state), so plotting
+works headless and from several threads. Partial reports plot what they hold; an empty panel says so.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from ctxssl_cli.fileio import commit, tmp_path_for
+
+MODES = ("rotation", "color", "none")  # SPEC §4 context modes, in display order
+_STYLE = {"rotation": ("C0", "o"), "color": ("C1", "s"), "none": ("C2", "^")}
+
+
+def section_modes(section: dict) -> list[str]:
+    """The context modes of a report section: SPEC order first, then any others sorted; not "features"."""
+    others = sorted(k for k, v in section.items() if k not in MODES and k != "features" and isinstance(v, dict))
+    return [m for m in MODES if isinstance(section.get(m), dict)] + others
+
+
+def sorted_lengths(by_length: dict) -> list[str]:
+    """Context-length keys ("0", "2", "14", ...) in numeric order."""
+    return sorted(by_length, key=lambda c: (int(c), c) if str(c).lstrip("-").isdigit() else (math.inf, str(c)))
+
+
+def _finite(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _curves(section: dict, metric: str):
+    """{mode: ([length, ...], [value, ...])} for the lengths where `metric` has a finite value."""
+    curves = {}
+    for mode in section_modes(section):
+        pts = [(c, (section[mode][c] or {}).get(metric)) for c in sorted_lengths(section[mode])]
+        pts = [(c, v) for c, v in pts if _finite(v)]
+        if pts:
+            curves[mode] = ([c for c, _ in pts], [v for _, v in pts])
+    return curves
+
+
+def _panel(ax, section: dict, metric: str, title: str, ylabel: str, baseline=None) -> None:
+    """One panel: a curve per mode over the context lengths, evenly spaced (0, 2, 14, 30, 126 would
+    crowd on a linear axis); `baseline` (the features' value) as a dashed horizontal line."""
+    curves = _curves(section, metric)
+    lengths = sorted_lengths({c: None for cs, _ in curves.values() for c in cs})
+    pos = {c: i for i, c in enumerate(lengths)}
+    for mode, (cs, vs) in curves.items():
+        color, marker = _STYLE.get(mode, (None, "D"))
+        ax.plot([pos[c] for c in cs], vs, marker=marker, color=color, label=f"{mode} context" + (" (actions zeroed)" if mode == "none" else ""))
+    if _finite(baseline):
+        ax.axhline(baseline, color="0.4", linestyle="--", label="features h")
+    ax.set_xticks(range(len(lengths)), lengths)  # none when there is no curve
+    if not curves and not _finite(baseline):
+        ax.text(0.5, 0.5, "no results", ha="center", va="center", transform=ax.transAxes, color="0.5")
+    ax.set_title(title)
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")
+
+
+def _save(fig: Figure, path: Path) -> None:
+    """Write the PNG atomically: render to a sibling temp file, then os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_path_for(path)
+    try:
+        fig.savefig(tmp, format="png", dpi=120)
+        commit(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def plot_r2_vs_context(report: dict, path: Path) -> None:
+    """Rotation R² and color R² against context length, a curve per context mode, the features' R² dashed:
+    the paper's Figure 3 (right)."""
+    r2 = report.get("r2") or {}
+    features = r2.get("features") or {}
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    ax_rot, ax_col = fig.subplots(1, 2)
+    _panel(ax_rot, r2, "rotation", "Rotation (relative quaternion, MLP probe)", "R²", features.get("rotation"))
+    _panel(ax_col, r2, "color", "Color (hue differences, linear probe)", "R²", features.get("color"))
+    fig.suptitle("Equivariance against context length")
+    _save(fig, path)
+
+
+def plot_mrr_vs_context(report: dict, path: Path) -> None:
+    """Retrieval MRR, H@1 and H@5 on val against context length, a curve per context mode."""
+    mrr = report.get("mrr") or {}
+    fig = Figure(figsize=(13, 4), layout="constrained")
+    for ax, metric, name in zip(fig.subplots(1, 3), ("mrr", "h@1", "h@5"), ("MRR", "H@1", "H@5")):
+        _panel(ax, mrr, metric, name, name)
+    fig.suptitle("Retrieval against context length")
+    _save(fig, path)

@@ -1,0 +1,53 @@
+"""Loading a trained run for embedding and evaluation: checkpoint -> spec -> model, and its dataset."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from ctxssl_cli.checkpoint import load_checkpoint, restore_model
+from ctxssl_cli.data.prepared import PreparedDataset
+from ctxssl_cli.errors import CtxsslError
+from ctxssl_cli.model.ctxssl import ContextSSL
+from ctxssl_cli.spec import RunSpec, spec_from_yaml_text
+
+
+@dataclass
+class LoadedRun:
+    checkpoint: Path
+    checkpoint_sha256: str  # sha256 over the checkpoint's tensors (checked on load)
+    step: int
+    spec: RunSpec
+    meta: dict  # what the trainer recorded: resolution, mean/std, n_classes, data path and hash, ...
+    model: ContextSSL
+    data: PreparedDataset
+    device: torch.device
+
+    @property
+    def resolution(self) -> int:
+        return int(self.meta["resolution"])
+
+
+def load_run(checkpoint: Path, data: Path | None, device: torch.device) -> LoadedRun:
+    from ctxssl_cli.train.loop import build_model
+
+    ckpt = load_checkpoint(checkpoint)
+    spec = spec_from_yaml_text(ckpt.spec_yaml)
+    meta = (yaml.safe_load(ckpt.spec_yaml) or {}).get("meta") or {}
+    data_path = Path(data) if data is not None else Path(meta.get("data_path") or spec.data.path)
+    if not data_path.exists():
+        raise CtxsslError(f"the run's dataset {data_path} does not exist", "pass --data DIR (a prepared dataset)")
+    dataset = PreparedDataset(data_path)
+    n_classes = int(meta.get("n_classes", len(dataset.classes)))
+    if n_classes != len(dataset.classes):
+        raise CtxsslError(f"checkpoint {ckpt.path} was trained on {n_classes} classes but {dataset.root} has "
+                          f"{len(dataset.classes)}", "pass the dataset the run was trained on (--data)")
+    action_dim = int(meta.get("action_dim", 6))
+    model = build_model(spec, action_dim=action_dim)
+    restore_model(model, ckpt)
+    model.to(device).eval()
+    return LoadedRun(checkpoint=ckpt.path, checkpoint_sha256=ckpt.meta["content_sha256"], step=ckpt.step,
+                     spec=spec, meta=meta, model=model, data=dataset, device=device)

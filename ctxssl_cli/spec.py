@@ -1,0 +1,368 @@
+"""Run specs: typed dataclasses validated on construction, YAML presets (with `extends`), --set overrides.
+
+A run spec has three sections, `data`, `model` and `train`. Every field has a default and a comment saying
+why or how to tune it; the defaults are the paper's settings on 3DIEBench (SPEC §2) unless said otherwise.
+Unknown keys and wrong types are errors that name the key and suggest the closest valid one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ctxssl_cli.errors import CtxsslError
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+
+# What each environment reveals of the 6-d action (SPEC §2 "Environments"). An environment hides the rest
+# (zeroes it in every x token). "invariant" reveals nothing, so the model is pushed to invariance.
+ENVIRONMENTS: dict[str, tuple[int, ...]] = {
+    "rotation": (0, 1, 2, 3),
+    "color": (4, 5),
+    "rotcolor": (0, 1, 2, 3, 4, 5),
+    "invariant": (),
+}
+
+
+@dataclass
+class DataSpec:
+    # Prepared dataset folder (`ctxssl prepare ...`). Empty: the built-in synthetic benchmark at its default
+    # location, rendered on first use.
+    path: str = ""
+    # Training resolution in pixels. 0: the dataset's own resolution (from its manifest). A smaller value
+    # resizes on the fly (antialiased); the paper trains at 128 on 3DIEBench.
+    resolution: int = 0
+    # DataLoader worker processes. Batches are a pure function of (seed, epoch, step), so this changes speed,
+    # never the data. 0 reads in the training process (simplest; fine for memory-mapped raw datasets on CPU).
+    workers: int = 2
+    # Quaternion sign convention for actions and targets: True makes w >= 0 (q and -q are the same rotation);
+    # False keeps scipy's raw output, as the published code does (for comparisons with its numbers).
+    canonical_quat: bool = True
+
+
+@dataclass
+class ModelSpec:
+    # Image encoder: resnet18 (the paper's, for 128 px), resnet18_small (3x3 stem, no max-pool: for 32-64
+    # px), convnet (a small CNN for CPU demos).
+    encoder: str = "resnet18"
+    # Tokens per sequence (2 per pair). The paper uses 128 = 64 pairs; it also bounds the context length
+    # usable at evaluation (c < block_size).
+    block_size: int = 128
+    # Context transformer size: the paper's GPT-2-style decoder with 3 layers, 4 heads, width 2048.
+    n_layer: int = 3
+    n_head: int = 4
+    n_embd: int = 2048
+    # Dropout in the transformer; the paper uses none.
+    dropout: float = 0.0
+    # Hidden width of the auxiliary latent predictor (MLP proj_dim -> h -> h -> action_dim, SPEC §2).
+    aux_hidden: int = 1024
+    # SyncBatchNorm across ranks under DDP. Off in the paper (each GPU normalises its own batch).
+    sync_bn: bool = False
+
+
+@dataclass
+class TrainSpec:
+    # Passes over the training objects (one pair per object per epoch). The paper: 1000 on 3DIEBench.
+    epochs: int = 1000
+    # Stop after this many optimiser steps (0: no cap). The schedule spans min(epochs x steps/epoch, this).
+    max_steps: int = 0
+    # Global batch in pairs (all ranks together); must be a multiple of block_size/2 pairs per rank.
+    batch_size: int = 512
+    # Peak learning rate at batch 256; the actual peak is lr x batch_size / 256 (the paper: 5e-5, Adam).
+    lr: float = 5e-5
+    # Adam's (L2) weight decay, as the paper.
+    weight_decay: float = 1e-3
+    # Linear warm-up from 0, then cosine to 0 (paper: 10 epochs).
+    warmup_epochs: float = 10.0
+    # Save the checkpoint every this many steps (and at the end, and on Ctrl-C).
+    checkpoint_every: int = 500
+    # Every random choice (init, pairs, environments, context masks) flows from this seed.
+    seed: int = 0
+    # Environment mixture: name -> probability of being the environment of a step (SPEC §2). Names:
+    # rotation, color, rotcolor, invariant. The paper's main run: rotation 0.5, color 0.5.
+    envs: dict = field(default_factory=lambda: {"rotation": 0.5, "color": 0.5})
+    # Probability of hiding each earlier pair from a query token (context masking; paper best 0.9).
+    mask_prob: float = 0.9
+    # Weight of the auxiliary latent-prediction loss (paper: 5.0). 0 disables the predictor's loss.
+    aux_weight: float = 5.0
+    # InfoNCE temperature (paper: 0.1).
+    temperature: float = 0.1
+    # Numerics: auto = bf16 autocast on CUDA, fp32 on CPU; or fp32 / bf16 explicitly.
+    precision: str = "auto"
+    # Write a metrics line every this many steps.
+    log_every: int = 10
+    # Clip the global gradient norm to this value (0: no clipping, as the paper).
+    grad_clip: float = 0.0
+
+
+@dataclass
+class RunSpec:
+    # A name for the run (the preset's name by default); runs are written to runs/<name>-<timestamp>.
+    name: str = "run"
+    data: DataSpec = field(default_factory=DataSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def pairs_per_seq(self) -> int:
+        return self.model.block_size // 2
+
+
+SECTIONS = {"data": DataSpec, "model": ModelSpec, "train": TrainSpec}
+
+
+def _all_keys() -> list[str]:
+    keys = ["name"]
+    for sec, cls in SECTIONS.items():
+        keys += [f"{sec}.{f.name}" for f in dataclasses.fields(cls)]
+    return keys
+
+
+def _suggest(key: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
+    if close:
+        return f"did you mean '{close[0]}'?"
+    return "valid keys: " + ", ".join(candidates)
+
+
+def _unknown_key(key: str) -> CtxsslError:
+    return CtxsslError(f"unknown spec key '{key}'", _suggest(key, _all_keys()))
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """Check `value` against the field type; ints are accepted for floats. Raises CtxsslError otherwise."""
+    if isinstance(typ, str):  # postponed annotations
+        typ = {"str": str, "int": int, "float": float, "bool": bool, "dict": dict}[typ]
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if typ is int and isinstance(value, bool):
+        raise CtxsslError(f"spec key '{key}' must be an integer, got {value!r}", f"e.g. --set {key}=3")
+    if not isinstance(value, typ):
+        example = {int: "3", float: "0.5", bool: "true", str: "NAME", dict: "'{rotation: 0.5, color: 0.5}'"}[typ]
+        kind = {int: "an integer", float: "a number (float)", bool: "true or false", str: "a string",
+                dict: "a mapping"}[typ]
+        raise CtxsslError(
+            f"spec key '{key}' must be {kind}, got {value!r}",
+            f"e.g. --set {key}={example}",
+        )
+    return value
+
+
+def from_dict(raw: dict) -> RunSpec:
+    """Build a RunSpec from a nested dict (YAML), checking every key and type."""
+    if not isinstance(raw, dict):
+        raise CtxsslError("a run spec must be a YAML mapping", "see presets/rotcolor.yaml for the layout")
+    kwargs: dict[str, Any] = {}
+    for sec, body in raw.items():
+        if sec == "name":
+            kwargs["name"] = _coerce("name", body, str)
+            continue
+        if sec not in SECTIONS:
+            raise _unknown_key(str(sec))
+        if body is None:
+            body = {}
+        if not isinstance(body, dict):
+            raise CtxsslError(f"spec section '{sec}' must be a mapping", f"write it as '{sec}:' with indented keys")
+        cls = SECTIONS[sec]
+        hints = typing.get_type_hints(cls)
+        names = [f.name for f in dataclasses.fields(cls)]
+        vals = {}
+        for k, v in body.items():
+            if k not in names:
+                raise _unknown_key(f"{sec}.{k}")
+            vals[k] = _coerce(f"{sec}.{k}", v, hints[k])
+        kwargs[sec] = cls(**vals)
+    return RunSpec(**kwargs)
+
+
+def validate(spec: RunSpec) -> None:
+    """Semantic checks that types alone cannot express."""
+    m, t, d = spec.model, spec.train, spec.data
+    if m.block_size < 2 or m.block_size % 2:
+        raise CtxsslError(f"model.block_size must be an even number >= 2, got {m.block_size}", "e.g. 128 (64 pairs)")
+    if m.n_embd % m.n_head:
+        raise CtxsslError(
+            f"model.n_embd ({m.n_embd}) must be divisible by model.n_head ({m.n_head})", "e.g. n_embd 2048, n_head 4"
+        )
+    for key, val in (("model.n_layer", m.n_layer), ("model.n_head", m.n_head), ("model.n_embd", m.n_embd),
+                     ("model.aux_hidden", m.aux_hidden), ("train.batch_size", t.batch_size),
+                     ("train.checkpoint_every", t.checkpoint_every), ("train.log_every", t.log_every)):
+        if val < 1:
+            raise CtxsslError(f"{key} must be >= 1, got {val}", f"set {key} to a positive value")
+    if t.batch_size % spec.pairs_per_seq:
+        raise CtxsslError(
+            f"train.batch_size ({t.batch_size}) must be a multiple of the pairs per sequence "
+            f"(model.block_size/2 = {spec.pairs_per_seq})",
+            f"e.g. --set train.batch_size={max(1, t.batch_size // spec.pairs_per_seq) * spec.pairs_per_seq}",
+        )
+    for key, val in (("train.epochs", t.epochs), ("train.max_steps", t.max_steps), ("data.resolution", d.resolution),
+                     ("data.workers", d.workers)):
+        if val < 0:
+            raise CtxsslError(f"{key} must be >= 0, got {val}", f"set {key} to 0 or a positive value")
+    if t.epochs == 0 and t.max_steps == 0:
+        raise CtxsslError("train.epochs and train.max_steps are both 0", "set one of them, e.g. --set train.epochs=10")
+    if not 0.0 <= t.mask_prob < 1.0:
+        raise CtxsslError(f"train.mask_prob must be in [0, 1), got {t.mask_prob}", "the paper's best is 0.9")
+    for key, val in (("train.lr", t.lr), ("train.temperature", t.temperature)):
+        if not val > 0:
+            raise CtxsslError(f"{key} must be > 0, got {val}", f"e.g. the paper's value {getattr(TrainSpec(), key[6:])}")
+    for key, val in (("train.weight_decay", t.weight_decay), ("train.aux_weight", t.aux_weight),
+                     ("train.warmup_epochs", t.warmup_epochs), ("train.grad_clip", t.grad_clip),
+                     ("model.dropout", m.dropout)):
+        if val < 0:
+            raise CtxsslError(f"{key} must be >= 0, got {val}", f"set {key} to 0 or a positive value")
+    if t.precision not in ("auto", "fp32", "bf16"):
+        raise CtxsslError(f"train.precision must be auto, fp32 or bf16, got '{t.precision}'", "e.g. --set train.precision=auto")
+    if not t.envs:
+        raise CtxsslError("train.envs is empty", "e.g. --set train.envs='{rotation: 0.5, color: 0.5}'")
+    for name, p in t.envs.items():
+        if name not in ENVIRONMENTS:
+            raise CtxsslError(f"unknown environment '{name}' in train.envs", _suggest(str(name), list(ENVIRONMENTS)))
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or p < 0:
+            raise CtxsslError(f"train.envs.{name} must be a probability >= 0, got {p!r}", "e.g. rotation: 0.5")
+    total = sum(t.envs.values())
+    if abs(total - 1.0) > 1e-6:
+        raise CtxsslError(f"train.envs probabilities sum to {total:g}, not 1", "make them add up to 1")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# YAML presets and overrides
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "envs":
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v  # envs is replaced whole: a mixture is one value
+    return out
+
+
+def preset_names() -> list[str]:
+    """Every preset under presets/ (subfolders too), as the name `--preset` takes (path without .yaml)."""
+    return sorted(str(p.relative_to(PRESETS_DIR).with_suffix("")) for p in PRESETS_DIR.rglob("*.yaml"))
+
+
+def _resolve_preset_path(name_or_file: str, relative_to: Path | None = None) -> Path:
+    p = Path(name_or_file)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.is_absolute() and relative_to is not None and not p.exists():
+            p = relative_to / p
+        if not p.is_file():
+            raise CtxsslError(f"spec file '{name_or_file}' does not exist", "pass a YAML file or a preset name")
+        return p
+    cand = PRESETS_DIR / f"{name_or_file}.yaml"
+    if not cand.is_file():
+        raise CtxsslError(f"unknown preset '{name_or_file}'", _suggest(name_or_file, preset_names()))
+    return cand
+
+
+def _load_yaml(path: Path) -> dict:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise CtxsslError(f"{path} is not valid YAML ({str(e).splitlines()[0]})", "fix the file's syntax") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise CtxsslError(f"{path} must hold a YAML mapping", "see presets/rotcolor.yaml for the layout")
+    return raw
+
+
+def load_raw(name_or_file: str, _seen: tuple = ()) -> dict:
+    """Read a preset or spec file into a nested dict, following `extends: OTHER` (a preset or a file)."""
+    path = _resolve_preset_path(name_or_file, _seen[-1].parent if _seen else None)
+    if path in _seen:
+        raise CtxsslError(f"preset '{name_or_file}' extends itself in a cycle", "remove the circular 'extends'")
+    raw = _load_yaml(path)
+    parent = raw.pop("extends", None)
+    if parent is not None:
+        if not isinstance(parent, str):
+            raise CtxsslError(f"'extends' in {path} must be a preset name or file", "e.g. extends: rotcolor")
+        raw = _deep_merge(load_raw(parent, _seen + (path,)), raw)
+    return raw
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """'train.lr=1e-4' -> (['train', 'lr'], 1e-4). The value is read as YAML (so 3 is an int, true a bool)."""
+    if "=" not in item:
+        raise CtxsslError(f"--set '{item}' is not of the form key=value", "e.g. --set train.epochs=10")
+    key, _, text = item.partition("=")
+    key = key.strip()
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    # PyYAML (YAML 1.1) reads 1e-4 as a string (it wants 1.0e-4); accept plain float syntax too.
+    if isinstance(value, str) and value.lower() not in ("nan", "inf", "-inf", "infinity"):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    parts = key.split(".")
+    if not all(parts):
+        raise CtxsslError(f"--set key '{key}' is malformed", "e.g. --set train.epochs=10")
+    return parts, value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    out = _deep_merge(raw, {})
+    for item in overrides:
+        parts, value = parse_override(item)
+        key = ".".join(parts)
+        if parts[0] == "name" and len(parts) == 1:
+            out["name"] = value
+            continue
+        if len(parts) != 2 or parts[0] not in SECTIONS:
+            # train.envs.rotation=0.3 style: a key inside a mapping field
+            if len(parts) == 3 and parts[0] == "train" and parts[1] == "envs":
+                envs = dict(out.get("train", {}).get("envs", TrainSpec().envs))
+                envs[parts[2]] = value
+                out.setdefault("train", {})
+                out["train"] = {**out["train"], "envs": envs}
+                continue
+            raise _unknown_key(key)
+        sec = dict(out.get(parts[0]) or {})
+        sec[parts[1]] = value
+        out[parts[0]] = sec
+    return out
+
+
+def load_spec(name_or_file: str, overrides: list[str] | None = None) -> RunSpec:
+    raw = load_raw(name_or_file)
+    raw = apply_overrides(raw, overrides or [])
+    raw.setdefault("name", Path(name_or_file).stem)
+    return from_dict(raw)
+
+
+def spec_from_yaml_text(text: str) -> RunSpec:
+    """Rebuild a spec stored in a run folder or a checkpoint (extra top-level `meta` is ignored)."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise CtxsslError(f"stored run spec is not valid YAML ({e})", "the run folder may be damaged") from None
+    if not isinstance(raw, dict):
+        raise CtxsslError("stored run spec is not a mapping", "the run folder may be damaged")
+    raw = {k: v for k, v in raw.items() if k != "meta"}
+    return from_dict(raw)
+
+
+def to_yaml(spec: RunSpec, meta: dict | None = None) -> str:
+    body = spec.to_dict()
+    if meta:
+        body["meta"] = meta
+    return yaml.safe_dump(body, sort_keys=False)
+

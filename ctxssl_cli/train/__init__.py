@@ -1,0 +1,1 @@
+"""Pretraining: the loop, schedules and distributed helpers."""

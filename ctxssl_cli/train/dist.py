@@ -1,0 +1,102 @@
+"""torch.distributed helpers: one code path for CPU, one GPU, and torchrun (DDP; nccl on CUDA, gloo on CPU)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from ctxssl_cli.errors import CtxsslError
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(pref: str) -> torch.device:
+    if pref not in ("auto", "cpu", "cuda"):
+        raise CtxsslError(f"unknown device '{pref}'", "use --device auto, cpu or cuda")
+    if pref == "cuda" and not torch.cuda.is_available():
+        raise CtxsslError("--device cuda was asked for but no CUDA GPU is visible", "use --device cpu (or auto)")
+    if pref == "auto":
+        pref = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(pref)
+
+
+def setup(device_pref: str) -> DistInfo:
+    """Initialise the process group when launched by torchrun (WORLD_SIZE > 1); pick the device."""
+    device = resolve_device(device_pref)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo(device=device)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward hands each rank the summed gradient of its own slice.
+
+    Every rank's loss uses the gathered tensor; the gradient w.r.t. rank r's slice therefore has a part on
+    every rank. Summing those parts (all_reduce) and keeping the own slice gives each rank the gradient of
+    the sum of all ranks' losses w.r.t. its local rows. With each rank's loss a mean over its own rows and
+    DDP averaging parameter gradients over ranks, the result equals the single-process gradient of the
+    global-batch loss (no 1/world_size error; checked by tests/test_train.py with 2 gloo processes).
+    """
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
+        ctx.rank, ctx.n = dist.get_rank(), t.shape[0]
+        parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, t.contiguous())
+        return torch.cat(parts, dim=0)  # (world * n, ...)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
+
+
+def gather_with_grad(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Concatenate `t` from every rank along dim 0 (equal sizes), keeping the autograd graph."""
+    if not info.distributed:
+        return t
+    return _GatherWithGrad.apply(t)
+
+
+def barrier(info: DistInfo) -> None:
+    if info.distributed:
+        dist.barrier()
+
+
+def broadcast_flag(flag: bool, info: DistInfo) -> bool:
+    """True on every rank if it is True on any rank (e.g. a Ctrl-C seen by one process)."""
+    if not info.distributed:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=info.device if info.device.type == "cuda" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def cleanup(info: DistInfo) -> None:
+    if info.distributed and dist.is_initialized():
+        dist.destroy_process_group()

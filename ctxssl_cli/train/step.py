@@ -1,0 +1,80 @@
+"""One ContextSSL training step, from a batch of pairs to the loss (SPEC §2).
+
+Kept apart from the loop so that tests (and the DDP equivalence check) can call exactly what training runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ctxssl_cli.data.pairs import PairBatch, to_model_input
+from ctxssl_cli.losses import aux_loss, info_nce
+from ctxssl_cli.model.context import pair_attention_mask
+from ctxssl_cli.spec import ENVIRONMENTS, RunSpec
+from ctxssl_cli.train.dist import DistInfo, gather_with_grad
+
+
+def env_schedule_rng(seed: int, step: int) -> np.random.Generator:
+    return np.random.default_rng([seed, 0xE4, step])
+
+
+def sample_env(envs: dict[str, float], seed: int, step: int) -> str:
+    """The environment of a global step: the same on every rank, a pure function of (seed, step)."""
+    names = sorted(envs)
+    probs = np.array([envs[n] for n in names], dtype=np.float64)
+    return names[int(env_schedule_rng(seed, step).choice(len(names), p=probs / probs.sum()))]
+
+
+def revealed_mask(env: str, action_dim: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(A,) bool: the action components this environment reveals."""
+    m = torch.zeros(action_dim, dtype=torch.bool, device=device)
+    idx = [i for i in ENVIRONMENTS[env] if i < action_dim]
+    m[idx] = True
+    return m
+
+
+def step_mask(spec: RunSpec, step: int, n_seq_global: int, info: DistInfo, device: torch.device) -> torch.Tensor:
+    """This rank's slice of the global step's context-masking draw: (n_seq_local, T, T) bool."""
+    g = torch.Generator().manual_seed(int(np.random.SeedSequence([spec.train.seed, 0x3A5C, step]).generate_state(1)[0]))
+    mask = pair_attention_mask(n_seq_global, spec.pairs_per_seq, spec.train.mask_prob, g)  # (S, T, T)
+    n_local = n_seq_global // info.world_size
+    return mask[info.rank * n_local:(info.rank + 1) * n_local].to(device, non_blocking=True)
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor
+    nce: torch.Tensor
+    aux: torch.Tensor
+    aux_r2: float  # online R² of the revealed target components (monitoring only)
+
+
+def compute_loss(fwd: nn.Module, batch: PairBatch, spec: RunSpec, env: str, attn_mask: torch.Tensor,
+                 info: DistInfo, mean, std, resolution: int, autocast_dtype: torch.dtype | None) -> StepOutput:
+    device = info.device
+    revealed = revealed_mask(env, batch.action.shape[1], device)
+    x = to_model_input(batch.x, mean, std, resolution)  # (n, 3, R, R) float
+    y = to_model_input(batch.y, mean, std, resolution)
+    if device.type == "cuda":
+        x, y = x.contiguous(memory_format=torch.channels_last), y.contiguous(memory_format=torch.channels_last)
+    action = batch.action * revealed  # hidden components are zeroed in every x token
+    with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        o = fwd(x, y, action, spec.pairs_per_seq, attn_mask)  # ContextSSL.forward (maybe DDP-wrapped)
+    z_x, z_y, pred_x, pred_y = o.z_x.float(), o.z_y.float(), o.pred_x.float(), o.pred_y.float()
+    all_x, all_y = gather_with_grad(z_x, info), gather_with_grad(z_y, info)
+    nce = info_nce(z_x, z_y, spec.train.temperature, all_x, all_y, offset=info.rank * z_x.shape[0])
+    target = batch.target_y
+    aux = 0.5 * (aux_loss(pred_x, target, revealed) + aux_loss(pred_y, target, revealed))
+    loss = nce + spec.train.aux_weight * aux
+    with torch.no_grad():
+        if revealed.any():
+            t, p = target[:, revealed], pred_y[:, revealed]
+            sst = ((t - t.mean(0)) ** 2).sum()
+            aux_r2 = float(1 - ((t - p) ** 2).sum() / sst.clamp_min(1e-12))
+        else:
+            aux_r2 = float("nan")
+    return StepOutput(loss=loss, nce=nce, aux=aux, aux_r2=aux_r2)

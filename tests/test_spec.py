@@ -1,0 +1,84 @@
+"""Run specs: presets, extends, overrides, unknown keys, wrong types."""
+
+import pytest
+
+from ctxssl_cli.errors import CtxsslError
+from ctxssl_cli.spec import PRESETS_DIR, load_spec, preset_names, spec_from_yaml_text, to_yaml
+
+EXPECTED_PRESETS = {"rotcolor", "rotation", "color", "demo"}
+
+
+def test_every_preset_loads_and_the_count_is_known():
+    files = sorted(PRESETS_DIR.rglob("*.yaml"))  # subfolders too
+    names = preset_names()
+    assert len(files) == len(names) == len(EXPECTED_PRESETS)
+    assert set(names) == EXPECTED_PRESETS
+    for name in names:
+        spec = load_spec(name)
+        assert abs(sum(spec.train.envs.values()) - 1) < 1e-9
+        first = (PRESETS_DIR / f"{name}.yaml").read_text().splitlines()[0]
+        assert first.startswith(f"# ctxssl pretrain --preset {name}"), f"{name}.yaml must start with its command"
+
+
+def test_extends_merges_and_replaces_envs_whole():
+    rot = load_spec("rotation")
+    assert rot.train.envs == {"rotation": 0.5, "invariant": 0.5}
+    assert rot.model.n_embd == 2048 and rot.train.lr == 5e-5 and rot.name == "rotation"
+    demo = load_spec("demo")
+    assert demo.model.encoder == "convnet" and demo.train.mask_prob == 0.9
+
+
+def test_paper_defaults_in_rotcolor():
+    s = load_spec("rotcolor")
+    assert (s.model.n_layer, s.model.n_head, s.model.n_embd, s.model.block_size) == (3, 4, 2048, 128)
+    assert (s.train.batch_size, s.train.epochs, s.train.warmup_epochs) == (512, 1000, 10)
+    assert (s.train.mask_prob, s.train.aux_weight, s.train.temperature, s.train.weight_decay) == (0.9, 5.0, 0.1, 1e-3)
+
+
+def test_overrides_types_and_floats():
+    s = load_spec("rotation", ["train.lr=1e-4", "train.epochs=3", "model.encoder=convnet", "train.envs.rotation=0.3",
+                               "train.envs.invariant=0.7", "train.warmup_epochs=1"])
+    assert s.train.lr == 1e-4 and s.train.epochs == 3 and s.model.encoder == "convnet"
+    assert s.train.envs == {"rotation": 0.3, "invariant": 0.7}
+    assert isinstance(s.train.warmup_epochs, float)
+
+
+@pytest.mark.parametrize("override, words", [
+    ("train.epohcs=3", "train.epochs"),
+    ("modle.n_layer=2", "model"),
+    ("train.epochs=three", "integer"),
+    ("train.lr=fast", "number"),
+    ("train.mask_prob=1.5", "mask_prob"),
+    ("train.envs={rotation: 0.4}", "sum"),
+    ("train.envs={rotaton: 1.0}", "rotation"),
+    ("model.n_embd=102", "divisible"),
+    ("train.batch_size=100", "multiple"),
+    ("train.epochs", "key=value"),
+])
+def test_bad_overrides_name_the_problem(override, words):
+    with pytest.raises(CtxsslError) as e:
+        load_spec("rotation", [override])
+    assert words in e.value.message
+
+
+def test_unknown_preset_suggests():
+    with pytest.raises(CtxsslError) as e:
+        load_spec("rotaton")
+    assert "rotation" in e.value.message
+
+
+def test_yaml_round_trip_keeps_everything():
+    s = load_spec("demo", ["train.seed=7"])
+    back = spec_from_yaml_text(to_yaml(s, meta={"git_sha": "abc"}))
+    assert back == s
+
+
+def test_spec_file_with_extends(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text("extends: demo\ntrain:\n  epochs: 2\n")
+    s = load_spec(str(f))
+    assert s.train.epochs == 2 and s.model.encoder == "convnet" and s.name == "demo"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("extends: demo\ntrain:\n  epocs: 2\n")
+    with pytest.raises(CtxsslError, match="train.epochs"):
+        load_spec(str(bad))

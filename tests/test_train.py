@@ -1,0 +1,184 @@
+"""Training: schedules, environments, DDP equivalence (2 gloo processes), exact resume, non-finite stop."""
+
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from ctxssl_cli.checkpoint import load_checkpoint
+from ctxssl_cli.data.pairs import PairBatch
+from ctxssl_cli.errors import CtxsslError, NonFiniteLossError
+from ctxssl_cli.spec import load_spec
+from ctxssl_cli.train.dist import DistInfo
+from ctxssl_cli.train.loop import build_model, pretrain
+from ctxssl_cli.train.schedule import warmup_cosine
+from ctxssl_cli.train.step import compute_loss, revealed_mask, sample_env, step_mask
+
+TINY = ["train.batch_size=16", "model.block_size=8", "model.n_embd=32", "model.n_layer=1", "model.n_head=2",
+        "model.encoder=convnet", "model.aux_hidden=32", "data.workers=0"]
+
+
+def test_warmup_cosine_shape():
+    lrs = warmup_cosine(1.0, 100, 10)
+    assert lrs[9] == pytest.approx(1.0) and lrs[0] == pytest.approx(0.1)
+    assert np.all(np.diff(lrs[10:]) <= 1e-12) and lrs[-1] < 1e-3
+    assert len(warmup_cosine(1.0, 4, 40)) == 4  # warm-up longer than the run is cut to the run
+
+
+def test_environment_sampling_follows_the_mixture():
+    envs = {"rotation": 0.25, "invariant": 0.75}
+    draws = [sample_env(envs, 0, s) for s in range(4000)]
+    assert abs(draws.count("rotation") / 4000 - 0.25) < 0.03
+    assert draws == [sample_env(envs, 0, s) for s in range(4000)]  # a pure function of (seed, step)
+    assert revealed_mask("rotation", 6).tolist() == [True] * 4 + [False] * 2
+    assert revealed_mask("color", 6).tolist() == [False] * 4 + [True] * 2
+    assert not revealed_mask("invariant", 6).any()
+
+
+def _batch(n, res=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    act = torch.randn(n, 6, generator=g)
+    return PairBatch(x=torch.randint(0, 256, (n, 3, res, res), dtype=torch.uint8, generator=g),
+                     y=torch.randint(0, 256, (n, 3, res, res), dtype=torch.uint8, generator=g),
+                     action=act, target_x=torch.randn(n, 6, generator=g), target_y=torch.randn(n, 6, generator=g),
+                     label=torch.zeros(n, dtype=torch.int64), obj=torch.arange(n), view_x=torch.zeros(n, dtype=torch.int64),
+                     view_y=torch.ones(n, dtype=torch.int64))
+
+
+def _step_grads(spec, batch, info, fwd, model):
+    mask = step_mask(spec, 3, spec.train.batch_size // spec.pairs_per_seq, info, info.device)
+    out = compute_loss(fwd, batch, spec, "rotcolor", mask, info, (0.5,) * 3, (0.25,) * 3, 16, None)
+    out.loss.backward()
+    return out.loss.detach(), {k: p.grad.detach().clone() for k, p in model.named_parameters() if p.grad is not None}
+
+
+def _ddp_worker(rank, world, port, path):
+    from safetensors.torch import save_file
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    spec = load_spec("demo", TINY)
+    torch.manual_seed(0)
+    model = build_model(spec, 6)
+    model.encoder.eval()  # BatchNorm with running stats: per-rank batch statistics would differ by design
+    info = DistInfo(rank=rank, world_size=world)
+    full = _batch(16)
+    n = 16 // world
+    local = PairBatch(**{k: getattr(full, k)[rank * n:(rank + 1) * n] for k in full.__dataclass_fields__})
+    loss, grads = _step_grads(spec, local, info, DDP(model), model)
+    losses = [torch.zeros(()) for _ in range(world)]
+    torch.distributed.all_gather(losses, loss)
+    if rank == 0:
+        save_file({"loss": torch.stack(losses).mean(), **grads}, path)
+    torch.distributed.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_step_equals_one_process_step(tmp_path):
+    """InfoNCE negatives are gathered across ranks with correct gradients (no 1/world_size error)."""
+    from safetensors.torch import load_file
+
+    path = str(tmp_path / "ddp.safetensors")
+    mp.spawn(_ddp_worker, args=(2, _free_port(), path), nprocs=2, join=True)
+    ddp = load_file(path)
+    spec = load_spec("demo", TINY)
+    torch.manual_seed(0)
+    model = build_model(spec, 6)
+    model.encoder.eval()
+    loss, grads = _step_grads(spec, _batch(16), DistInfo(), model, model)
+    assert ddp["loss"].item() == pytest.approx(loss.item(), rel=1e-5)
+    for k, g in grads.items():
+        assert torch.allclose(ddp[k], g, rtol=1e-4, atol=1e-6), k
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    from ctxssl_cli.data.prepared import PreparedDataset
+    from ctxssl_cli.data.synthetic import prepare_synthetic
+
+    root = tmp_path_factory.mktemp("data") / "s"
+    prepare_synthetic(root, classes=4, objects_per_class=10, views=6, resolution=16, seed=0, workers=1, progress=False)
+    return PreparedDataset(root)
+
+
+def _spec(steps, extra=()):
+    return load_spec("rotation", TINY + [f"train.max_steps={steps}", "train.checkpoint_every=1",
+                                         "train.warmup_epochs=1", "train.lr=1e-3", *extra])
+
+
+def _tensors(run_dir):
+    return load_checkpoint(run_dir).tensors
+
+
+def test_resume_after_crash_is_bit_exact(tiny_data, tmp_path, monkeypatch):
+    pretrain(_spec(6), tiny_data, tmp_path / "full", DistInfo())
+    import ctxssl_cli.train.loop as loop
+
+    real = loop.sample_env
+
+    def crash_at_4(envs, seed, step):
+        if step == 4:
+            raise RuntimeError("simulated crash")
+        return real(envs, seed, step)
+
+    monkeypatch.setattr(loop, "sample_env", crash_at_4)
+    with pytest.raises(RuntimeError, match="simulated"):
+        pretrain(_spec(6), tiny_data, tmp_path / "cut", DistInfo())
+    assert load_checkpoint(tmp_path / "cut").step == 4
+    monkeypatch.setattr(loop, "sample_env", real)
+    pretrain(_spec(6), tiny_data, tmp_path / "cut", DistInfo(), resume=True)
+    a, b = _tensors(tmp_path / "full"), _tensors(tmp_path / "cut")
+    assert a.keys() == b.keys()
+    for k in a:
+        if not k.startswith("rng."):
+            assert torch.equal(a[k], b[k]), k
+
+
+def test_resume_refuses_a_changed_spec_and_new_run_refuses_existing(tiny_data, tmp_path):
+    pretrain(_spec(2), tiny_data, tmp_path / "r", DistInfo())
+    with pytest.raises(CtxsslError, match="train.mask_prob"):
+        pretrain(_spec(4, ["train.mask_prob=0.5"]), tiny_data, tmp_path / "r", DistInfo(), resume=True)
+    with pytest.raises(CtxsslError, match="already holds a run"):
+        pretrain(_spec(2), tiny_data, tmp_path / "r", DistInfo())
+    summary = pretrain(_spec(4), tiny_data, tmp_path / "r", DistInfo(), resume=True)  # longer: allowed
+    assert summary["final_step"] == 4 and load_checkpoint(tmp_path / "r").step == 4
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_data, tmp_path, monkeypatch):
+    import ctxssl_cli.train.loop as loop
+
+    real = loop.compute_loss
+
+    def nan_at_3(fwd, batch, spec, env, mask, info, *a, **k):
+        out = real(fwd, batch, spec, env, mask, info, *a, **k)
+        if nan_at_3.calls == 3:
+            out.loss = out.loss * float("nan")
+        nan_at_3.calls += 1
+        return out
+
+    nan_at_3.calls = 0
+    monkeypatch.setattr(loop, "compute_loss", nan_at_3)
+    with pytest.raises(NonFiniteLossError, match="step 3"):
+        pretrain(_spec(6), tiny_data, tmp_path / "n", DistInfo())
+    assert load_checkpoint(tmp_path / "n").step == 3
+
+
+def test_short_run_lowers_the_loss(tiny_data, tmp_path):
+    import json
+
+    pretrain(_spec(30, ["train.log_every=1", "train.envs={rotcolor: 1.0}", "train.mask_prob=0.0"]),
+             tiny_data, tmp_path / "l", DistInfo())
+    rows = [json.loads(line) for line in (tmp_path / "l" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 30
+    first, last = np.mean([r["loss"] for r in rows[:5]]), np.mean([r["loss"] for r in rows[-5:]])
+    assert last < first
