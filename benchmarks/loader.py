@@ -11,6 +11,11 @@ float32 tensors (B, 3, r, r), r = the prepared resolution.
 - ours: PairSampler.batch (memory-mapped uint8 gather or JPEG decode from chunk files) + to_model_input.
 torch runs on --threads threads for both (default 1: one loader process; scale with DataLoader workers).
 The last line is `speedup_vs_pil: X` (ours / naive pairs per second).
+
+Both readers end in the same fresh float32 batch (2 x B x 3 x r x r x 4 bytes: 100 MB at B=256, r=128), which
+glibc maps anew for every batch: its page faults are a fixed cost of both readers that dominates ours on
+machines with slow faults (VMs). `MALLOC_MMAP_THRESHOLD_=1000000000 python benchmarks/loader.py ...` lets
+both reuse that memory and shows the readers' own costs; the trainer avoids it by normalising on the GPU.
 """
 
 from __future__ import annotations

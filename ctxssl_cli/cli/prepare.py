@@ -62,7 +62,7 @@ def diebench(
     source: Annotated[Optional[Path], typer.Option("--source", "-s", help="Extracted 3DIEBench folder or 3DIEBench.tar.gz.")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder. Default: $CTXSSL_HOME/datasets/3diebench-<resolution>.")] = None,
     resolution: Annotated[int, typer.Option(help="Stored image size (the paper trains at 128).")] = 128,
-    codec: Annotated[str, typer.Option(help="jpeg (compact, ~11 GB at 128 px) or raw (uint8, memory-mapped, fastest, ~129 GB at 128 px).")] = "jpeg",
+    codec: Annotated[str, typer.Option(help="jpeg (compact: about 7 GB for full 3DIEBench at 128 px, estimated) or raw (uint8, memory-mapped, fastest: 129 GB at 128 px).")] = "jpeg",
     train_list: Annotated[Optional[Path], typer.Option(help="Published split: train_images.npy (or a text list).")] = None,
     val_list: Annotated[Optional[Path], typer.Option(help="Published split: val_images.npy (or a text list).")] = None,
     train_labels: Annotated[Optional[Path], typer.Option(help="Published split: train_labels.npy.")] = None,

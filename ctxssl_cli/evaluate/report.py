@@ -18,8 +18,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from ctxssl_cli.evaluate.plots import plot_mrr_vs_context, plot_r2_vs_context, section_modes, sorted_lengths
 from ctxssl_cli.fileio import atomic_write_text
 
@@ -99,10 +97,11 @@ def _md_table(columns: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _describe(value) -> str:
+def _describe(name: str, value) -> str:
+    """A provenance bullet; a dict (path, hash, step, ...) becomes sub-bullets."""
     if isinstance(value, dict):
-        return ", ".join(f"{k}: {v}" for k, v in value.items())
-    return str(value)
+        return f"- **{name}**\n" + "\n".join(f"  - {k}: {v}" for k, v in value.items())
+    return f"- **{name}**: {value}"
 
 
 def _paper_markdown() -> str:
@@ -119,7 +118,7 @@ def _paper_markdown() -> str:
         "Rotation R² with color context falls from ~0.73 (c=0) to ~0.34 (c=126); color R² with rotation context "
         "from ~0.9 to ~0.05. Newer anchors (rotation R² / top-1): seq-JEPA 0.71 / 87.4 (sklearn R²), EquiCaps "
         "0.78 / 83.2. Published R² values mix two definitions: one global target mean (the published probe "
-        "code; R² kind \"paper\" here) and per-dimension means (scikit-learn, the default here); the global-mean "
+        "code; `ctxssl evaluate --r2 paper`) and per-dimension means (scikit-learn, the default here); the global-mean "
         "one is never lower.",
     ])
 
@@ -128,7 +127,7 @@ def build_markdown(report: dict) -> str:
     """report.md: provenance, one table per result section (3 decimals), timings, settings, paper anchors."""
     meta = report.get("meta") or {}
     parts = ["# ctxssl evaluation report"]
-    info = [f"- **{k}**: {_describe(meta[k])}" for k in ("checkpoint", "data") if meta.get(k) is not None]
+    info = [_describe(k, meta[k]) for k in ("checkpoint", "data") if meta.get(k) is not None]
     r2_def = (meta.get("settings") or {}).get("r2_definition")
     if r2_def:
         info.append(f"- **R² definition**: {r2_def}")
@@ -150,22 +149,18 @@ def build_markdown(report: dict) -> str:
 
 
 def _jsonable(x):
-    """Plain JSON types: numpy scalars/arrays and tuples become numbers/lists, paths strings, keys strings,
-    and non-finite floats null (JSON has no NaN)."""
+    """Plain JSON types: numpy/torch values and tuples become numbers/lists, keys strings, other objects
+    (paths) strings, and non-finite floats null (JSON has no NaN)."""
     if isinstance(x, dict):
         return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple, np.ndarray)):
-        return [_jsonable(v) for v in (x.tolist() if isinstance(x, np.ndarray) else x)]
-    if isinstance(x, (bool, np.bool_)):
-        return bool(x)
-    if isinstance(x, (int, np.integer)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(float(x)) else None
-    if x is None or isinstance(x, str):
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if x is None or isinstance(x, (str, bool, int)):
         return x
-    if hasattr(x, "item"):  # 0-d tensors
-        return _jsonable(x.item())
+    if hasattr(x, "tolist"):  # numpy scalars and arrays, torch tensors
+        return _jsonable(x.tolist())
     return str(x)
 
 
@@ -187,12 +182,14 @@ def write_report(report: dict, out_dir: Path) -> list[Path]:
 def print_tables(report: dict, console) -> None:
     """The result tables as rich tables on `console` (results go to stdout: pass the stdout console)."""
     from rich.table import Table as RichTable
+    from rich.text import Text
 
     tables = result_tables(report)
     if not tables:
         console.print("no results in this report")
     for t in tables:
-        rt = RichTable(title=t.title, title_justify="left")
+        console.print(Text(t.title, style="bold"))  # above, not as the table title: that wraps to its width
+        rt = RichTable()
         rt.add_column(t.columns[0], style="bold")
         for c in t.columns[1:]:
             rt.add_column(c, justify="right")
