@@ -2,6 +2,7 @@
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,7 +28,8 @@ def full_report():
     r["meta"] = {"checkpoint": {"path": "runs/x/ckpt.safetensors", "sha256": "ab" * 32},
                  "data": "/data/synthetic", "settings": {"r2_kind": "sklearn", "knn_k": 200, "knn_t": 0.1,
                                                         "lengths": (0, 2)},
-                 "timings": {"embed_train_s": 1.5, "r2_probes_s": 3.25}}
+                 "timings": {"embed_train_s": 1.5, "r2_probes_s": 3.25},
+                 "extra": {"n": np.int64(3), "arr": np.arange(2), "path": Path("/x"), "inf": float("inf")}}
     return r
 
 
@@ -54,6 +56,7 @@ def test_write_report_full(tmp_path):
     assert isinstance(data["top1"]["features"], float) and isinstance(data["knn"]["color"]["126"], float)
     assert data["top1"]["rotation"]["0"] == pytest.approx(0.5)
     assert data["meta"]["settings"]["lengths"] == [0, 2]
+    assert data["meta"]["extra"] == {"n": 3, "arr": [0, 1], "path": "/x", "inf": None}
     for p in paths[2:]:
         _check_png(p)
 

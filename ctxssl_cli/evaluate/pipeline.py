@@ -124,9 +124,9 @@ def evaluate_run(run: LoadedRun, s: EvalSettings, given_files: list[Path], cache
             z = va[f"z.{m}.{c}"].numpy()  # (N, V, F)
             q = va[f"q.{m}.{c}"].numpy()  # (N, V, F): q[:, j] is view 0 moved by the action 0 -> j
             query = q[:, j].reshape(-1, q.shape[-1])  # (N*(V-1), F)
-            gallery = np.repeat(z, len(j), axis=0)  # (N*(V-1), V, F)
-            target = np.tile(j, n_va)
-            report["mrr"].setdefault(m, {})[str(c)] = mrr_hits(retrieval_ranks(query, gallery, target))
+            owner = np.repeat(np.arange(n_va), len(j))  # query -> its object's gallery z[owner] (V, F)
+            ranks = retrieval_ranks(query, z, np.tile(j, n_va), gallery_of=owner)
+            report["mrr"].setdefault(m, {})[str(c)] = mrr_hits(ranks)
     timings["retrieval_s"] = time.perf_counter() - t0
 
     # ---- invariance: linear-probe and weighted-kNN top-1 on every embedded view ----------------------
@@ -139,7 +139,8 @@ def evaluate_run(run: LoadedRun, s: EvalSettings, given_files: list[Path], cache
         xtr = tr[key].reshape(n_tr * v_tr, -1).numpy()
         xva = va[key].reshape(n_va * v_va, -1).numpy()
         top1 = linear_probe_top1(xtr, y_tr, xva, y_va, n_classes, s.probe, device=str(run.device))
-        knn = knn_top1(xtr, y_tr, xva, y_va, k=s.knn_k, temperature=s.knn_t, n_classes=n_classes)
+        knn = knn_top1(xtr, y_tr, xva, y_va, k=s.knn_k, temperature=s.knn_t, n_classes=n_classes,
+                       device=str(run.device))
         if name == "features":
             report["top1"]["features"], report["knn"]["features"] = top1, knn
         else:

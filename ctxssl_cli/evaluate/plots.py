@@ -52,7 +52,8 @@ def _panel(ax, section: dict, metric: str, title: str, ylabel: str, baseline=Non
     pos = {c: i for i, c in enumerate(lengths)}
     for mode, (cs, vs) in curves.items():
         color, marker = _STYLE.get(mode, (None, "D"))
-        ax.plot([pos[c] for c in cs], vs, marker=marker, color=color, label=f"{mode} context" + (" (actions zeroed)" if mode == "none" else ""))
+        label = f"{mode} context" + (" (actions zeroed)" if mode == "none" else "")
+        ax.plot([pos[c] for c in cs], vs, marker=marker, color=color, label=label)
     if _finite(baseline):
         ax.axhline(baseline, color="0.4", linestyle="--", label="features h")
     ax.set_xticks(range(len(lengths)), lengths)  # none when there is no curve

@@ -20,9 +20,11 @@ from torch import nn
 
 from ctxssl_cli.errors import CtxsslError
 from ctxssl_cli.evaluate.metrics import r2_score
+from ctxssl_cli.train.schedule import warmup_cosine
 
 
-def eval_pairs(n_objects: int, n_views: int, pairs_per_object: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def eval_pairs(n_objects: int, n_views: int, pairs_per_object: int,
+               seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fixed evaluation pairs (obj, v1, v2), `pairs_per_object` per object, object-major, v1 != v2.
 
     v1 is uniform over the views and v2 uniform over the other n_views - 1 views, drawn from
@@ -80,9 +82,10 @@ class ProbeSettings:
     def __post_init__(self):
         for f in fields(self):
             v = getattr(self, f.name)
-            if isinstance(v, bool) or not isinstance(v, int if f.type in ("int", int) else (int, float)):
-                raise CtxsslError(f"probe setting {f.name} = {v!r} is not {'an integer' if f.type in ('int', int) else 'a number'}",
-                                  f"give {f.name} a number like its default {getattr(ProbeSettings, f.name)}")
+            integer = f.type in ("int", int)
+            if isinstance(v, bool) or not isinstance(v, int if integer else (int, float)):
+                raise CtxsslError(f"probe setting {f.name} = {v!r} is not {'an integer' if integer else 'a number'}",
+                                  f"give {f.name} a value like its default, {f.default}")
             may_be_zero = f.name in ("seed", "linear_ridge") or f.name.endswith("weight_decay")
             if not (v >= 0 if may_be_zero else v > 0):
                 raise CtxsslError(f"probe setting {f.name} = {v} is out of range",
@@ -110,9 +113,7 @@ def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, epochs: 
            batch: int, g: torch.Generator) -> None:
     """Adam, fixed epochs, lr cosine-decayed per step from `lr` to 0; batch order from `g` (on CPU)."""
     n = len(x)
-    steps_per_epoch = math.ceil(n / batch)
-    total = epochs * steps_per_epoch
-    schedule = [0.5 * lr * (1 + math.cos(math.pi * i / total)) for i in range(total)]  # precomputed per step
+    schedule = warmup_cosine(lr, epochs * math.ceil(n / batch), 0)  # precomputed per step, no warm-up
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=wd)
     model.train()
     step = 0
@@ -121,7 +122,7 @@ def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, epochs: 
         for s in range(0, n, batch):
             idx = perm[s:s + batch]
             for group in opt.param_groups:
-                group["lr"] = schedule[step]
+                group["lr"] = float(schedule[step])
             loss = loss_fn(model(x[idx]), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,10 +51,9 @@ class Table:
 
 def _fmt(v) -> str:
     """3 decimals; missing or non-finite -> an em dash."""
-    if v is None or isinstance(v, (dict, list, str)):
+    if not isinstance(v, numbers.Real) or isinstance(v, bool) or not math.isfinite(v):
         return "—"
-    v = float(v)
-    return f"{v:.3f}" if math.isfinite(v) else "—"
+    return f"{float(v):.3f}"
 
 
 def _rows(section: dict, cell) -> list[list[str]]:
@@ -118,8 +118,8 @@ def _paper_markdown() -> str:
         "Rotation R² with color context falls from ~0.73 (c=0) to ~0.34 (c=126); color R² with rotation context "
         "from ~0.9 to ~0.05. Newer anchors (rotation R² / top-1): seq-JEPA 0.71 / 87.4 (sklearn R²), EquiCaps "
         "0.78 / 83.2. Published R² values mix two definitions: one global target mean (the published probe "
-        "code; `ctxssl evaluate --r2 paper`) and per-dimension means (scikit-learn, the default here); the global-mean "
-        "one is never lower.",
+        "code; `ctxssl evaluate --r2 paper`) and per-dimension means (scikit-learn, the default here); for "
+        "the same predictions the global-mean one is never lower.",
     ])
 
 

