@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 from safetensors import safe_open
 
 TINY = ["--set", "train.batch_size=16", "--set", "model.block_size=8", "--set", "model.n_embd=32",
