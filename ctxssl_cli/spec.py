@@ -91,6 +91,13 @@ class TrainSpec:
     mask_prob: float = 0.9
     # Weight of the auxiliary latent-prediction loss (paper: 5.0). 0 disables the predictor's loss.
     aux_weight: float = 5.0
+    # How the auxiliary predictor's rotation target is written: "quaternion" (the paper: x, y, z, w with the
+    # data's sign convention) or "matrix" (the 9 entries of R: continuous, no sign flip near 180 degrees,
+    # easier to regress from pixels).
+    aux_rotation: str = "quaternion"
+    # How the hue targets are written: "linear" (the paper: hue in [0, 1]) or "circular" (cos, sin of
+    # 2 pi hue: hue 0 and 1 are the same colour, so this target has no jump).
+    aux_hue: str = "linear"
     # InfoNCE temperature (paper: 0.1).
     temperature: float = 0.1
     # Numerics: auto = bf16 autocast on CUDA, fp32 on CPU; or fp32 / bf16 explicitly.
@@ -223,6 +230,11 @@ def validate(spec: RunSpec) -> None:
                      ("model.dropout", m.dropout)):
         if val < 0:
             raise CtxsslError(f"{key} must be >= 0, got {val}", f"set {key} to 0 or a positive value")
+    if t.aux_rotation not in ("quaternion", "matrix"):
+        raise CtxsslError(f"train.aux_rotation must be quaternion or matrix, got '{t.aux_rotation}'",
+                          "e.g. --set train.aux_rotation=matrix")
+    if t.aux_hue not in ("linear", "circular"):
+        raise CtxsslError(f"train.aux_hue must be linear or circular, got '{t.aux_hue}'", "e.g. --set train.aux_hue=circular")
     if t.precision not in ("auto", "fp32", "bf16"):
         raise CtxsslError(f"train.precision must be auto, fp32 or bf16, got '{t.precision}'", "e.g. --set train.precision=auto")
     if not t.envs:

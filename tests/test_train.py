@@ -182,3 +182,21 @@ def test_short_run_lowers_the_loss(tiny_data, tmp_path):
     assert len(rows) == 30
     first, last = np.mean([r["loss"] for r in rows[:5]]), np.mean([r["loss"] for r in rows[-5:]])
     assert last < first
+
+
+def test_aux_target_encodings():
+    from ctxssl_cli.data.rotations import absolute_latent, euler_xyz_to_matrix
+    from ctxssl_cli.train.step import aux_revealed, aux_target
+
+    rng = np.random.default_rng(0)
+    lat = np.concatenate([rng.uniform(-1.5, 1.5, (20, 3)), rng.uniform(0, 1, (20, 1)), rng.uniform(0, 0.7, (20, 1)),
+                          rng.uniform(0, 6, (20, 1)), rng.uniform(0, 1, (20, 1))], axis=1)
+    t6 = torch.as_tensor(absolute_latent(lat))
+    spec = load_spec("demo", ["train.aux_rotation=matrix", "train.aux_hue=circular"])
+    t = aux_target(t6, spec)
+    assert t.shape == (20, 13)
+    assert torch.allclose(t[:, :9], torch.as_tensor(euler_xyz_to_matrix(lat[:, :3]).reshape(20, 9)).float(), atol=1e-5)
+    assert torch.allclose(t[:, 9], torch.cos(2 * torch.pi * t6[:, 4]), atol=1e-6)
+    assert torch.allclose(aux_target(t6, load_spec("demo")), t6)  # the paper's encoding is the 6-d latent itself
+    assert aux_revealed("rotation", spec, "cpu").tolist() == [True] * 9 + [False] * 4
+    assert aux_revealed("color", spec, "cpu").tolist() == [False] * 9 + [True] * 4

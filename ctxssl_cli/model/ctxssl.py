@@ -41,7 +41,8 @@ class ContextSSL(nn.Module):
     """
 
     def __init__(self, encoder: str = "resnet18", action_dim: int = 6, n_layer: int = 3, n_head: int = 4,
-                 n_embd: int = 2048, dropout: float = 0.0, aux_hidden: int = 1024, channels_last: bool = False):
+                 n_embd: int = 2048, dropout: float = 0.0, aux_hidden: int = 1024, channels_last: bool = False,
+                 aux_dim: int | None = None):
         super().__init__()
         self.encoder_name = encoder
         self.channels_last = channels_last
@@ -55,7 +56,7 @@ class ContextSSL(nn.Module):
         self.aux_predictor = nn.Sequential(
             nn.Linear(F_, aux_hidden), nn.ReLU(inplace=True),
             nn.Linear(aux_hidden, aux_hidden), nn.ReLU(inplace=True),
-            nn.Linear(aux_hidden, A),
+            nn.Linear(aux_hidden, aux_dim or A),  # aux_dim: another target encoding (train.aux_rotation/aux_hue)
         )
 
     # -- encoder ---------------------------------------------------------------------------------------

@@ -43,9 +43,11 @@ RESUMABLE_CHANGES = {"train.epochs", "train.max_steps", "train.checkpoint_every"
 
 
 def build_model(spec: RunSpec, action_dim: int) -> ContextSSL:
+    from ctxssl_cli.train.step import aux_layout
+
     m = spec.model
     return ContextSSL(encoder=m.encoder, action_dim=action_dim, n_layer=m.n_layer, n_head=m.n_head,
-                      n_embd=m.n_embd, dropout=m.dropout, aux_hidden=m.aux_hidden)
+                      n_embd=m.n_embd, dropout=m.dropout, aux_hidden=m.aux_hidden, aux_dim=sum(aux_layout(spec)))
 
 
 def git_sha() -> str:
@@ -157,6 +159,9 @@ def pretrain(spec: RunSpec, data: PreparedDataset, run_dir: Path, info: D.DistIn
     spec = prepare_run_dir(run_dir, spec, resume)
     device, t = info.device, spec.train
     resolution = spec.data.resolution or data.resolution
+    if spec.model.sync_bn and info.distributed and device.type != "cuda":
+        raise CtxsslError("model.sync_bn needs CUDA GPUs (PyTorch's SyncBatchNorm has no CPU kernel)",
+                          "set --set model.sync_bn=false for CPU runs")
     train_split = data.split("train")
     meta = run_meta(spec, data, resolution, device, info.world_size)
     spec_yaml = to_yaml(spec, meta)

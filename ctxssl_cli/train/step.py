@@ -37,6 +37,38 @@ def revealed_mask(env: str, action_dim: int, device: torch.device | str = "cpu")
     return m
 
 
+def quat_to_matrix(q: torch.Tensor) -> torch.Tensor:
+    """Unit quaternions (N, 4) scalar-last -> rotation matrices flattened row-major (N, 9); q and -q agree."""
+    x, y, z, w = q.unbind(-1)
+    return torch.stack([
+        1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
+        2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
+        2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], dim=-1)
+
+
+def aux_layout(spec: RunSpec) -> tuple[int, int]:
+    """(rotation width, hue width) of the auxiliary target: quaternion 4 / matrix 9; linear 2 / circular 4."""
+    return (4 if spec.train.aux_rotation == "quaternion" else 9), (2 if spec.train.aux_hue == "linear" else 4)
+
+
+def aux_target(target: torch.Tensor, spec: RunSpec) -> torch.Tensor:
+    """A view's absolute 6-d latent (quaternion, floor hue, light hue) in the spec's target encoding."""
+    rot, hue = target[:, :4], target[:, 4:6]
+    if spec.train.aux_rotation == "matrix":
+        rot = quat_to_matrix(rot)
+    if spec.train.aux_hue == "circular":
+        ang = 2 * torch.pi * hue
+        hue = torch.cat([torch.cos(ang), torch.sin(ang)], dim=1)  # (N, 4)
+    return torch.cat([rot, hue], dim=1)
+
+
+def aux_revealed(env: str, spec: RunSpec, device) -> torch.Tensor:
+    """(D,) bool over the aux target: the rotation block if the env reveals rotation, the hue block for color."""
+    n_rot, n_hue = aux_layout(spec)
+    rev = revealed_mask(env, 6, "cpu")
+    return torch.cat([rev[:4].any().repeat(n_rot), rev[4:].any().repeat(n_hue)]).to(device)
+
+
 def step_mask(spec: RunSpec, step: int, n_seq_global: int, info: DistInfo, device: torch.device) -> torch.Tensor:
     """This rank's slice of the global step's context-masking draw: (n_seq_local, T, T) bool."""
     g = torch.Generator().manual_seed(int(np.random.SeedSequence([spec.train.seed, 0x3A5C, step]).generate_state(1)[0]))
@@ -67,12 +99,13 @@ def compute_loss(fwd: nn.Module, batch: PairBatch, spec: RunSpec, env: str, attn
     z_x, z_y, pred_x, pred_y = o.z_x.float(), o.z_y.float(), o.pred_x.float(), o.pred_y.float()
     all_x, all_y = gather_with_grad(z_x, info), gather_with_grad(z_y, info)
     nce = info_nce(z_x, z_y, spec.train.temperature, all_x, all_y, offset=info.rank * z_x.shape[0])
-    target = batch.target_y
-    aux = 0.5 * (aux_loss(pred_x, target, revealed) + aux_loss(pred_y, target, revealed))
+    target = aux_target(batch.target_y, spec)
+    aux_mask = aux_revealed(env, spec, device)
+    aux = 0.5 * (aux_loss(pred_x, target, aux_mask) + aux_loss(pred_y, target, aux_mask))
     loss = nce + spec.train.aux_weight * aux
     with torch.no_grad():
-        if revealed.any():
-            t, p = target[:, revealed], pred_y[:, revealed]
+        if aux_mask.any():
+            t, p = target[:, aux_mask], pred_y[:, aux_mask]
             sst = ((t - t.mean(0)) ** 2).sum()
             aux_r2 = float(1 - ((t - p) ** 2).sum() / sst.clamp_min(1e-12))
         else:
