@@ -118,28 +118,37 @@ def resolve_checkpoint_path(path: Path) -> Path:
     return path
 
 
-def load_checkpoint(path: Path, verify: bool = True) -> Checkpoint:
-    """Read a checkpoint (a run folder or the file). Never unpickles; fails loudly on anything unexpected."""
-    path = resolve_checkpoint_path(path)
+def read_verified(path: Path, fmt: str, kind: str, fix: str, verify: bool = True) -> tuple[dict, dict]:
+    """Read a ctxssl safetensors file (checkpoint or embeddings): tensors and metadata, never unpickling.
+
+    Refuses anything that is not safetensors (a renamed pickle included), a safetensors file of another kind,
+    and, with `verify`, a file whose tensors no longer match the sha256 stored when it was written.
+    """
+    from safetensors import safe_open
+
     try:
         with open(path, "rb") as f:
-            head = f.read(8)
-        if len(head) < 8:
-            raise SafetensorError("file too short")
+            if len(f.read(8)) < 8:
+                raise SafetensorError("file too short")
         tensors = load_file(str(path))
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             meta = dict(f.metadata() or {})
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CtxsslError(f"{path} is not a readable safetensors checkpoint ({e})",
-                          "pass a checkpoint written by ctxssl (pickled .pt files are never loaded)") from None
-    if meta.get("format") != FORMAT:
-        raise CtxsslError(f"{path} is a safetensors file but not a ctxssl checkpoint",
-                          "pass the checkpoint.safetensors of a ctxssl run")
+        raise CtxsslError(f"{path} is not a readable safetensors {kind} ({e})",
+                          f"{fix} (pickled files are never loaded)") from None
+    if meta.get("format") != fmt:
+        raise CtxsslError(f"{path} is a safetensors file but not a ctxssl {kind}", fix)
     if verify and meta.get("content_sha256") != content_hash(tensors):
         raise CtxsslError(f"{path} failed its integrity check (tensor contents do not match the stored sha256)",
-                          "the file was modified or corrupted; use another checkpoint or retrain")
+                          f"the file was modified or corrupted: {fix}")
+    return tensors, meta
+
+
+def load_checkpoint(path: Path, verify: bool = True) -> Checkpoint:
+    """Read a checkpoint (a run folder or the file). Never unpickles; fails loudly on anything unexpected."""
+    path = resolve_checkpoint_path(path)
+    tensors, meta = read_verified(path, FORMAT, "checkpoint", "pass the checkpoint.safetensors of a ctxssl run",
+                                  verify)
     return Checkpoint(path=path, tensors=tensors, meta=meta)
 
 

@@ -25,11 +25,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ctxssl_cli import __version__
-from ctxssl_cli.checkpoint import content_hash
+from ctxssl_cli.checkpoint import content_hash, read_verified
 from ctxssl_cli.data.pairs import to_model_input
 from ctxssl_cli.data.rotations import relative_action
 from ctxssl_cli.errors import CtxsslError
@@ -264,21 +263,7 @@ def save_embeddings(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str
 
 
 def load_embeddings(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise CtxsslError(f"embeddings file {path} does not exist", "make it with `ctxssl embed`")
-    try:
-        tensors = load_file(str(path))
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CtxsslError(f"{path} is not a readable safetensors file ({e})",
-                          "pass an embeddings file written by `ctxssl embed` (pickles are never loaded)") from None
-    if meta.get("format") != "ctxssl-embeddings":
-        raise CtxsslError(f"{path} is not a ctxssl embeddings file", "make it with `ctxssl embed`")
-    if meta.get("content_sha256") != content_hash(tensors):
-        raise CtxsslError(f"{path} failed its integrity check (contents do not match the stored sha256)",
-                          "the file was modified or corrupted; delete it and run `ctxssl embed` again")
-    return tensors, meta
+    return read_verified(path, "ctxssl-embeddings", "embeddings file", "make it again with `ctxssl embed`")
