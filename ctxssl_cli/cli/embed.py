@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ctxssl_cli.cli.common import CheckpointOpt, ContextLengthOpt, DataOpt, DeviceOpt, err, latest_run, out, progress_bar
+from ctxssl_cli.errors import CtxsslError
 
 
 def embed(
@@ -37,15 +38,11 @@ def embed(
                               run.spec.model.block_size)
     context = E.load_context_file(run, context_pairs) if context_pairs else E.default_context(run)
     if max(lengths) // 2 > len(context.obj):
-        from ctxssl_cli.errors import CtxsslError
-
         raise CtxsslError(f"context length {max(lengths)} needs {max(lengths) // 2} pairs but the context has "
                           f"{len(context.obj)}", "add pairs to the context file or use a shorter --context-length")
     meta = E.embeddings_metadata(run, split, modes, lengths, context, retrieval, views_per_object)
     target = out_file or (run.checkpoint.parent / "embeddings" / f"{split}-{E.cache_key(meta)}.safetensors")
     if target.suffix != ".safetensors":
-        from ctxssl_cli.errors import CtxsslError
-
         raise CtxsslError(f"--out {target} must end in .safetensors", f"e.g. --out {target.with_suffix('.safetensors')}")
     err.print(f"checkpoint: {run.checkpoint} (step {run.step})  data: {run.data.root}  split: {split}")
     with progress_bar(transient=True) as bar:

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -93,7 +93,6 @@ class Logger:
 
     run_dir: Path
     enabled: bool
-    lines: list = field(default_factory=list)
 
     def metrics(self, row: dict) -> None:
         if self.enabled:
