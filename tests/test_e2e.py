@@ -68,3 +68,13 @@ def test_prepare_pretrain_resume_embed_evaluate(tmp_path):
            "--set", "train.max_steps=1", "--set", "train.seed=5")
     r = ctxssl(tmp_path, "evaluate", "--checkpoint", other, "--embeddings", emb, "--out", tmp_path / "rep2", ok=False)
     assert r.returncode != 0 and "another checkpoint" in r.stderr
+
+
+def test_prepare_synthetic_twice_with_the_same_settings_is_a_no_op(tmp_path):
+    args = ["prepare", "synthetic", "--out", tmp_path / "s", "--classes", 2, "--objects-per-class", 2, "--views", 3,
+            "--resolution", 16, "--workers", 1]
+    ctxssl(tmp_path, *args)
+    before = (tmp_path / "s" / "manifest.yaml").stat().st_mtime_ns
+    r = ctxssl(tmp_path, *args)
+    assert "already prepared" in r.stdout
+    assert (tmp_path / "s" / "manifest.yaml").stat().st_mtime_ns == before

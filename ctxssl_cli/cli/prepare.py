@@ -29,6 +29,20 @@ def _summary(info: dict) -> None:
         out.print(f"{key}: {value}")
 
 
+def _same_synthetic(target: Path, classes: int, objects_per_class: int, views: int, resolution: int,
+                    seed: int) -> bool:
+    """True if `target` already holds a complete synthetic dataset rendered with exactly these settings."""
+    from ctxssl_cli.data.prepared import PreparedDataset, is_prepared
+
+    if not is_prepared(target):
+        return False
+    m = PreparedDataset(target).manifest
+    src = m.get("source") or {}
+    return (m.get("dataset") == "synthetic" and m.get("resolution") == resolution and src.get("seed") == seed
+            and src.get("classes") == classes and src.get("objects_per_class") == objects_per_class
+            and src.get("views") == views)
+
+
 @app.command("synthetic")
 def synthetic(
     out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder. Default: $CTXSSL_HOME/datasets/synthetic.")] = None,
@@ -51,6 +65,10 @@ def synthetic(
         if v < lo:
             raise CtxsslError(f"{name} must be >= {lo}, got {v}", f"pass {name} {max(lo, 2)} or more")
     target = out_dir or paths.default_synthetic_dir()
+    if layout == "prepared" and not overwrite and _same_synthetic(target, classes, objects_per_class, views,
+                                                                  resolution, seed):
+        out.print(f"already prepared with these settings: {target} (pass --overwrite to render it again)")
+        return
     info = prepare_synthetic(target, classes=classes, objects_per_class=objects_per_class, views=views,
                              resolution=resolution, seed=seed, layout=layout, workers=workers,
                              overwrite=overwrite, progress=True)
