@@ -13,16 +13,17 @@ from ctxssl_cli.cli.common import DeviceOpt, err, latest_run, out, progress_bar
 from ctxssl_cli.errors import CtxsslError
 
 
-def resolve_data(path: str, is_main: bool):
-    """The prepared dataset named by the spec; the default synthetic benchmark is rendered on first use."""
-    from ctxssl_cli.data.prepared import PreparedDataset, is_prepared
+def resolve_data(path: str, is_main: bool) -> Path:
+    """The folder of the prepared dataset named by the spec; the default synthetic benchmark is rendered on
+    first use (by rank 0; the caller opens the folder after a barrier)."""
+    from ctxssl_cli.data.prepared import is_prepared
 
     if path:
         p = Path(path).expanduser()
         if not p.exists():
             raise CtxsslError(f"dataset folder {p} does not exist",
                               "prepare one with `ctxssl prepare synthetic --out DIR` or `ctxssl prepare 3diebench`")
-        return PreparedDataset(p)
+        return p
     p = paths.default_synthetic_dir()
     if not is_prepared(p) and is_main:
         from ctxssl_cli.data.synthetic import prepare_synthetic
@@ -68,7 +69,7 @@ def pretrain(
     try:
         data_path = resolve_data(spec.data.path, info.is_main)
         D.barrier(info)  # other ranks wait for rank 0 to render the default benchmark
-        dataset = data_path if isinstance(data_path, PreparedDataset) else PreparedDataset(data_path)
+        dataset = PreparedDataset(data_path)
         spec.data.path = str(dataset.root.resolve())
         if info.is_main:
             err.print(f"run: {out_dir}  data: {dataset.root}  device: {info.device}  ranks: {info.world_size}")

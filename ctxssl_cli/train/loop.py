@@ -221,6 +221,7 @@ def pretrain(spec: RunSpec, data: PreparedDataset, run_dir: Path, info: D.DistIn
     summary = {"start_step": start, "total_steps": total, "steps_per_epoch": spe, "run_dir": str(run_dir)}
     step, last, t0, pairs_done = start, {}, time.perf_counter(), 0
     task = progress.add_task("pretrain", total=total, completed=start) if progress is not None else None
+    stopping = False
     with _StopFlag() as stop:
         while step < total:
             epoch, in_epoch = divmod(step, spe)
@@ -257,9 +258,10 @@ def pretrain(spec: RunSpec, data: PreparedDataset, run_dir: Path, info: D.DistIn
                         f" r2 {last['aux_r2']:+.2f}) {rate:,.0f} pairs/s"))
                 if step % t.checkpoint_every == 0 or step == total:
                     save(step)
-                if D.broadcast_flag(stop.set, info) or step >= total:
+                stopping = D.broadcast_flag(stop.set, info)  # the same answer on every rank
+                if stopping or step >= total:
                     break
-            if D.broadcast_flag(stop.set, info):
+            if stopping:
                 if step % t.checkpoint_every:
                     save(step)
                 log.text(f"interrupted at step {step}; checkpoint saved")
