@@ -62,6 +62,11 @@ class ModelSpec:
     dropout: float = 0.0
     # Hidden width of the auxiliary latent predictor (MLP proj_dim -> h -> h -> action_dim, SPEC §2).
     aux_hidden: int = 1024
+    # How the aux predictor's input is normalised: "l2" (the paper: unit-norm outputs, so each of the F
+    # coordinates is about 1/sqrt(F)) or "rms" (the same direction scaled to unit RMS, i.e. x sqrt(F)). With
+    # "l2" and PyTorch's default Linear init the predictor's first activations are ~sqrt(F) times too small
+    # and it takes thousands of steps to start predicting; "rms" lets short (CPU) runs learn rotation.
+    aux_norm: str = "l2"
     # SyncBatchNorm across ranks under DDP. Off in the paper (each GPU normalises its own batch).
     sync_bn: bool = False
 
@@ -233,6 +238,8 @@ def validate(spec: RunSpec) -> None:
     if t.aux_rotation not in ("quaternion", "matrix"):
         raise CtxsslError(f"train.aux_rotation must be quaternion or matrix, got '{t.aux_rotation}'",
                           "e.g. --set train.aux_rotation=matrix")
+    if m.aux_norm not in ("l2", "rms"):
+        raise CtxsslError(f"model.aux_norm must be l2 or rms, got '{m.aux_norm}'", "e.g. --set model.aux_norm=rms")
     if t.aux_hue not in ("linear", "circular"):
         raise CtxsslError(f"train.aux_hue must be linear or circular, got '{t.aux_hue}'", "e.g. --set train.aux_hue=circular")
     if t.precision not in ("auto", "fp32", "bf16"):

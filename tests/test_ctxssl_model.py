@@ -64,6 +64,17 @@ def test_predict_latents_uses_normalised_outputs():
     assert torch.allclose(model.predict_latents(z), model.predict_latents(7 * z), atol=1e-6)
 
 
+def test_aux_norm_rms_feeds_the_predictor_unit_rms_inputs():
+    l2, rms = tiny_model(), tiny_model(aux_norm="rms")  # same seed: same weights
+    z = torch.randn(N, 256)
+    u = torch.nn.functional.normalize(z, dim=-1)
+    assert torch.allclose(l2.predict_latents(z), l2.aux_predictor(u), atol=1e-6)
+    assert torch.allclose(rms.predict_latents(z), rms.aux_predictor(u * 16.0), atol=1e-5)  # sqrt(256) = 16
+    assert torch.allclose(rms.predict_latents(z), rms.predict_latents(3 * z), atol=1e-5)  # still scale-free
+    with pytest.raises(ValueError, match="aux_norm"):
+        tiny_model(aux_norm="l1")
+
+
 def test_gradients_reach_encoder_transformer_and_aux_predictor():
     model = tiny_model().train()
     x, y, a = batch()

@@ -54,6 +54,7 @@ def test_overrides_types_and_floats():
     ("model.n_embd=102", "divisible"),
     ("train.batch_size=100", "multiple"),
     ("train.epochs", "key=value"),
+    ("model.aux_norm=l1", "aux_norm"),
 ])
 def test_bad_overrides_name_the_problem(override, words):
     with pytest.raises(CtxsslError) as e:

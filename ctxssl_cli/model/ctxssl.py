@@ -13,6 +13,7 @@ token against its cached keys/values (`embed_queries`).
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -42,9 +43,12 @@ class ContextSSL(nn.Module):
 
     def __init__(self, encoder: str = "resnet18", action_dim: int = 6, n_layer: int = 3, n_head: int = 4,
                  n_embd: int = 2048, dropout: float = 0.0, aux_hidden: int = 1024, channels_last: bool = False,
-                 aux_dim: int | None = None):
+                 aux_dim: int | None = None, aux_norm: str = "l2"):
         super().__init__()
         self.encoder_name = encoder
+        if aux_norm not in ("l2", "rms"):
+            raise ValueError(f"aux_norm must be l2 or rms, got {aux_norm!r}")
+        self.aux_norm = aux_norm
         self.channels_last = channels_last
         self.encoder, self.feature_dim = build_encoder(encoder, channels_last)
         self.action_dim = action_dim
@@ -100,8 +104,13 @@ class ContextSSL(nn.Module):
         return out[:, 0], out[:, 1]
 
     def predict_latents(self, z: Tensor) -> Tensor:
-        """Auxiliary predictor on L2-normalised outputs: z (N, F) -> predicted absolute latent (N, A)."""
-        return self.aux_predictor(F.normalize(z, dim=-1))
+        """Auxiliary predictor on normalised outputs: z (N, F) -> predicted absolute latent (N, A).
+
+        aux_norm "l2": unit norm (the paper); "rms": unit RMS per coordinate (the same direction x sqrt(F))."""
+        u = F.normalize(z, dim=-1)
+        if self.aux_norm == "rms":
+            u = u * math.sqrt(z.shape[-1])
+        return self.aux_predictor(u)
 
     def forward(self, images_x: Tensor, images_y: Tensor, action: Tensor, n_pairs: int,
                 attn_mask: Tensor) -> PairOutputs:

@@ -47,7 +47,8 @@ def build_model(spec: RunSpec, action_dim: int) -> ContextSSL:
 
     m = spec.model
     return ContextSSL(encoder=m.encoder, action_dim=action_dim, n_layer=m.n_layer, n_head=m.n_head,
-                      n_embd=m.n_embd, dropout=m.dropout, aux_hidden=m.aux_hidden, aux_dim=sum(aux_layout(spec)))
+                      n_embd=m.n_embd, dropout=m.dropout, aux_hidden=m.aux_hidden, aux_dim=sum(aux_layout(spec)),
+                      aux_norm=m.aux_norm)
 
 
 def git_sha() -> str:
