@@ -54,9 +54,9 @@ def test_prepare_pretrain_resume_embed_evaluate(tmp_path):
     rep = tmp_path / "rep"
     ctxssl(tmp_path, "evaluate", "--out", rep, "--context-length", 0, "--context-length", 2)
     report = json.loads((rep / "report.json").read_text())
-    assert set(report) == {"r2", "mrr", "top1", "knn", "meta"}
+    assert set(report) == {"r2", "share", "mrr", "top1", "knn", "meta"}
     for mode in ("rotation", "color", "none"):
-        assert set(report["r2"][mode]) == {"0", "2"}
+        assert set(report["r2"][mode]) == {"0", "2"} and set(report["share"][mode]) == {"0", "2"}
         assert set(report["mrr"][mode]["2"]) == {"mrr", "h@1", "h@2", "h@5", "h@10"}
     assert set(report["r2"]["features"]) == {"rotation", "color"}
     for name in ("report.md", "r2_vs_context.png", "mrr_vs_context.png"):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import sklearn.metrics
 
-from ctxssl_cli.evaluate.metrics import knn_top1, mrr_hits, r2_score, retrieval_ranks
+from ctxssl_cli.evaluate.metrics import knn_top1, mrr_hits, r2_score, retrieval_ranks, variance_share
 
 
 # ---- R² ---------------------------------------------------------------------------------------------------
@@ -157,3 +157,20 @@ def test_knn_counts_every_test_sample():
     train_x = np.eye(3)
     test_x = np.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [0, 0, 2.0]])
     assert knn_top1(train_x, np.array([0, 1, 2]), test_x, np.array([0, 1, 2, 0]), k=1, batch=3) == 0.75
+
+
+def test_variance_share_measures_how_much_of_the_embedding_a_factor_takes():
+    rng = np.random.default_rng(0)
+    f_tr, f_te = rng.normal(size=(4000, 3)), rng.normal(size=(2000, 3))
+    mix = rng.normal(size=(3, 16))
+    noise_tr, noise_te = rng.normal(size=(4000, 16)), rng.normal(size=(2000, 16))
+    S = float((mix ** 2).sum())  # factor variance summed over the 16 columns, per unit amplitude
+    for amp in (1.0, 0.1):
+        expected = amp ** 2 * S / (amp ** 2 * S + 16)  # the noise adds variance 1 per column
+        e_tr, e_te = amp * f_tr @ mix + noise_tr, amp * f_te @ mix + noise_te
+        share = variance_share(e_tr, f_tr, e_te, f_te)
+        assert share == pytest.approx(expected, abs=0.05 * expected + 0.01)
+    # an unrelated factor explains nothing (out of sample: slightly below 0 at most)
+    assert abs(variance_share(noise_tr, f_tr, noise_te, f_te)) < 0.01
+    # a faint factor takes a tiny share
+    assert variance_share(0.01 * f_tr @ mix + noise_tr, f_tr, 0.01 * f_te @ mix + noise_te, f_te) < 0.01

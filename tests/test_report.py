@@ -22,6 +22,8 @@ def full_report():
          "knn": {"features": 0.7}}
     for m in MODES:
         r["r2"][m] = {c: {"rotation": float(rng.uniform()), "color": float(rng.uniform())} for c in LENGTHS}
+        if m == "rotation":
+            r["share"] = {m: {"30": {"rotation": 0.25, "color": 0.00712}}}
         r["mrr"][m] = {c: {k: float(rng.uniform()) for k in ("mrr", "h@1", "h@2", "h@5", "h@10")} for c in LENGTHS}
         r["top1"][m] = {"0": np.float32(0.5), "126": 0.55}  # numpy scalars must serialise too
         r["knn"][m] = {"0": 0.45, "126": 0.5}
@@ -49,7 +51,7 @@ def test_write_report_full(tmp_path):
     assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(REPORT_FILES)  # no temp leftovers
     data = json.loads(paths[0].read_text())
-    assert set(data) == {"r2", "mrr", "top1", "knn", "meta"}
+    assert set(data) == {"r2", "share", "mrr", "top1", "knn", "meta"}  # "share" absent from the input: {}
     assert set(data["r2"]) == {"features", *MODES} and set(data["r2"]["rotation"]) == set(LENGTHS)
     assert set(data["r2"]["color"]["126"]) == {"rotation", "color"}
     assert set(data["mrr"]["none"]["30"]) == {"mrr", "h@1", "h@2", "h@5", "h@10"}
@@ -67,7 +69,8 @@ def test_markdown_has_every_mode_section_and_the_paper_anchors():
         for c in LENGTHS:
             assert f"| {m}@{c} |" in md
     assert "| features | 0.612 | 0.400 |" in md  # 3 decimals
-    for title in ("R²", "MRR", "linear-probe top-1", "kNN top-1"):
+    assert "| rotation@30 | 0.250 | 0.007 |" in md  # the variance-share table
+    for title in ("R²", "Variance share", "MRR", "linear-probe top-1", "kNN top-1"):
         assert title in md
     assert "paper's 3DIEBench numbers" in md and "| SIE | 0.671 | 0.011 | 77.3 |" in md
     assert "| 126 | 0.402 | 0.292 | 0.568 |" in md

@@ -158,3 +158,18 @@ def knn_top1(train_x, train_y, test_x, test_y, k: int = 200, temperature: float 
         pred = votes.argmax(1).cpu()  # first maximum on ties
         correct += int((pred == yte[s:s + batch]).sum())
     return correct / len(xte)
+
+
+def variance_share(train_e: np.ndarray, train_f: np.ndarray, test_e: np.ndarray, test_f: np.ndarray) -> float:
+    """Fraction of an embedding's variance that a latent factor explains linearly (out of sample).
+
+    A least-squares map with intercept from the factor's features f (N, K) to the embedding e (N, F) is fit on
+    the train rows; the result is the variance-weighted R² of predicting the test embeddings from their
+    factors, `r2_score(test_e, pred, "sklearn")`. Unlike a probe, which decodes the factor from e and so cannot
+    tell a large component from a tiny one, this measures how much of e the factor occupies: near 0 when the
+    factor is absent or only a faint trace, up to 1 when it is all that e encodes.
+    """
+    x_tr = np.c_[np.asarray(train_f, np.float64), np.ones(len(train_f))]
+    w, *_ = np.linalg.lstsq(x_tr, np.asarray(train_e, np.float64), rcond=None)  # (K+1, F)
+    pred = np.c_[np.asarray(test_f, np.float64), np.ones(len(test_f))] @ w
+    return r2_score(test_e, pred, "sklearn")

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from ctxssl_cli import embed as E
-from ctxssl_cli.data.rotations import COLOR_SLICE, ROTATION_SLICE, relative_action
+from ctxssl_cli.data.rotations import COLOR_SLICE, ROTATION_SLICE, euler_xyz_to_matrix, relative_action
 from ctxssl_cli.errors import CtxsslError
-from ctxssl_cli.evaluate.metrics import knn_top1, mrr_hits, retrieval_ranks
+from ctxssl_cli.evaluate.metrics import knn_top1, mrr_hits, retrieval_ranks, variance_share
 from ctxssl_cli.evaluate.probes import ProbeSettings, eval_pairs, fit_pair_probe, linear_probe_top1
 from ctxssl_cli.runs import LoadedRun
 
@@ -82,6 +82,14 @@ def _pair_arrays(t: dict[str, torch.Tensor], key: str, pairs, canonical: bool):
     return e[obj, v1], e[obj, v2], target
 
 
+def factor_features(latents: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-view features of each latent factor, continuous and wrap-free, for `variance_share`: rotation ->
+    its 3x3 matrix (9), color -> cos and sin of 2 pi x (floor hue, light hue) (4). latents (..., 7) -> (M, K)."""
+    lat = latents.reshape(-1, latents.shape[-1]).astype(np.float64)
+    ang = 2 * np.pi * lat[:, [3, 6]]
+    return {"rotation": euler_xyz_to_matrix(lat[:, :3]).reshape(-1, 9), "color": np.c_[np.cos(ang), np.sin(ang)]}
+
+
 def evaluate_run(run: LoadedRun, s: EvalSettings, given_files: list[Path], cache_dir: Path, progress=None,
                  log=lambda msg: None) -> dict:
     timings: dict[str, float] = {}
@@ -92,7 +100,7 @@ def evaluate_run(run: LoadedRun, s: EvalSettings, given_files: list[Path], cache
     va = _embeddings(run, "val", s, context, given, cache_dir, progress, timings)
     canonical = run.spec.data.canonical_quat
     keys = {"features": "h"} | {f"{m}@{c}": f"z.{m}.{c}" for m in s.modes for c in s.lengths}
-    report: dict = {"r2": {}, "mrr": {}, "top1": {}, "knn": {}}
+    report: dict = {"r2": {}, "share": {}, "mrr": {}, "top1": {}, "knn": {}}
 
     # ---- equivariance: R² of the relative rotation (MLP probe) and color (linear probe) --------------
     t0 = time.perf_counter()
@@ -115,6 +123,18 @@ def evaluate_run(run: LoadedRun, s: EvalSettings, given_files: list[Path], cache
             report["r2"].setdefault(m, {})[c] = entry
         log(f"R² {name}: rotation {rot['r2']:.3f}  color {col['r2']:.3f}")
     timings["r2_probes_s"] = time.perf_counter() - t0
+
+    # ---- variance share: how much of each embedding the factor occupies (fit on train, report on val) --
+    f_tr, f_va = factor_features(tr["latents"].numpy()), factor_features(va["latents"].numpy())
+    for name, key in keys.items():
+        e_tr = tr[key].reshape(n_tr * v_tr, -1).numpy()
+        e_va = va[key].reshape(n_va * v_va, -1).numpy()
+        entry = {f: variance_share(e_tr, f_tr[f], e_va, f_va[f]) for f in ("rotation", "color")}
+        if name == "features":
+            report["share"]["features"] = entry
+        else:
+            m, c = name.split("@")
+            report["share"].setdefault(m, {})[c] = entry
 
     # ---- retrieval on val: query = view 0 with the action 0 -> j; gallery = the object's views ---------
     t0 = time.perf_counter()

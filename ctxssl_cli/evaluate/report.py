@@ -3,6 +3,7 @@
 A report is a dict (SPEC §4 "Report"; floats, context lengths as strings, <mode> in rotation/color/none):
 
     {"r2":   {"features": {"rotation": f, "color": f}, "<mode>": {"<c>": {"rotation": f, "color": f}}},
+     "share": {"features": {"rotation": f, "color": f}, "<mode>": {"<c>": {"rotation": f, "color": f}}},
      "mrr":  {"<mode>": {"<c>": {"mrr": f, "h@1": f, "h@2": f, "h@5": f, "h@10": f}}},
      "top1": {"features": f, "<mode>": {"<c>": f}},
      "knn":  {"features": f, "<mode>": {"<c>": f}},
@@ -22,7 +23,7 @@ from pathlib import Path
 from ctxssl_cli.evaluate.plots import plot_mrr_vs_context, plot_r2_vs_context, section_modes, sorted_lengths
 from ctxssl_cli.fileio import atomic_write_text
 
-SECTIONS = ("r2", "mrr", "top1", "knn")
+SECTIONS = ("r2", "share", "mrr", "top1", "knn")
 MRR_COLUMNS = ("mrr", "h@1", "h@2", "h@5", "h@10")
 REPORT_FILES = ("report.json", "report.md", "r2_vs_context.png", "mrr_vs_context.png")
 
@@ -77,6 +78,11 @@ def result_tables(report: dict) -> list[Table]:
                             ["embedding", "rotation R² (MLP)", "color R² (linear)"],
                             _rows(report["r2"], lambda e: [_fmt((e or {}).get("rotation")),
                                                            _fmt((e or {}).get("color"))])))
+    if report.get("share"):
+        tables.append(Table("Variance share: fraction of the embedding's variance explained linearly by the factor "
+                            "(val; fit on train)", ["embedding", "rotation", "color"],
+                            _rows(report["share"], lambda e: [_fmt((e or {}).get("rotation")),
+                                                              _fmt((e or {}).get("color"))])))
     if report.get("mrr"):
         tables.append(Table("Retrieval on val: MRR and H@k",
                             ["context", "MRR", "H@1", "H@2", "H@5", "H@10"],
