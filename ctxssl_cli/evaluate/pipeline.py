@@ -90,6 +90,15 @@ def factor_features(latents: np.ndarray) -> dict[str, np.ndarray]:
     return {"rotation": euler_xyz_to_matrix(lat[:, :3]).reshape(-1, 9), "color": np.c_[np.cos(ang), np.sin(ang)]}
 
 
+def _put(section: dict, name: str, value) -> None:
+    """Store a result under its report key: "features" as is, "mode@c" as section[mode][c]."""
+    if name == "features":
+        section["features"] = value
+    else:
+        m, c = name.split("@")
+        section.setdefault(m, {})[c] = value
+
+
 def evaluate_run(run: LoadedRun, s: EvalSettings, given_files: list[Path], cache_dir: Path, progress=None,
                  log=lambda msg: None) -> dict:
     timings: dict[str, float] = {}
@@ -115,12 +124,7 @@ def evaluate_run(run: LoadedRun, s: EvalSettings, given_files: list[Path], cache
                              s.r2_kind, device=str(run.device))
         col = fit_pair_probe(a1, a2, at[:, COLOR_SLICE], b1, b2, bt[:, COLOR_SLICE], "linear", s.probe,
                              s.r2_kind, device=str(run.device))
-        entry = {"rotation": rot["r2"], "color": col["r2"]}
-        if name == "features":
-            report["r2"]["features"] = entry
-        else:
-            m, c = name.split("@")
-            report["r2"].setdefault(m, {})[c] = entry
+        _put(report["r2"], name, {"rotation": rot["r2"], "color": col["r2"]})
         log(f"R² {name}: rotation {rot['r2']:.3f}  color {col['r2']:.3f}")
     timings["r2_probes_s"] = time.perf_counter() - t0
 
@@ -129,12 +133,7 @@ def evaluate_run(run: LoadedRun, s: EvalSettings, given_files: list[Path], cache
     for name, key in keys.items():
         e_tr = tr[key].reshape(n_tr * v_tr, -1).numpy()
         e_va = va[key].reshape(n_va * v_va, -1).numpy()
-        entry = {f: variance_share(e_tr, f_tr[f], e_va, f_va[f]) for f in ("rotation", "color")}
-        if name == "features":
-            report["share"]["features"] = entry
-        else:
-            m, c = name.split("@")
-            report["share"].setdefault(m, {})[c] = entry
+        _put(report["share"], name, {f: variance_share(e_tr, f_tr[f], e_va, f_va[f]) for f in ("rotation", "color")})
 
     # ---- retrieval on val: query = view 0 with the action 0 -> j; gallery = the object's views ---------
     t0 = time.perf_counter()
@@ -161,12 +160,8 @@ def evaluate_run(run: LoadedRun, s: EvalSettings, given_files: list[Path], cache
         top1 = linear_probe_top1(xtr, y_tr, xva, y_va, n_classes, s.probe, device=str(run.device))
         knn = knn_top1(xtr, y_tr, xva, y_va, k=s.knn_k, temperature=s.knn_t, n_classes=n_classes,
                        device=str(run.device))
-        if name == "features":
-            report["top1"]["features"], report["knn"]["features"] = top1, knn
-        else:
-            m, c = name.split("@")
-            report["top1"].setdefault(m, {})[c] = top1
-            report["knn"].setdefault(m, {})[c] = knn
+        _put(report["top1"], name, top1)
+        _put(report["knn"], name, knn)
     timings["classification_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
 
