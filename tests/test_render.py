@@ -144,8 +144,8 @@ def _channel_means(img: np.ndarray) -> np.ndarray:
 def test_light_hue_changes_colour():
     shape = _shape(0, 0)
     means = []
-    for h in (0.0, 1 / 3, 2 / 3):  # red, green, blue light
-        img = render.render_shape(shape, _lat(light=h, floor=0.0), 64)[0]
+    for hsv in (0.0, 1 / 3, 2 / 3):  # red, green, blue light
+        img = render.render_shape(shape, _lat(light=hsv / render.HUE_ARC, floor=0.0), 64)[0]
         means.append(_channel_means(img))
     # under a red / green / blue light, the red / green / blue share of the image is largest
     shares = np.array([m / m.sum() for m in means])
@@ -157,12 +157,27 @@ def test_light_hue_changes_colour():
 def test_floor_hue_changes_the_floor():
     shape = _shape(1, 0)
     corners = []
-    for h in (0.0, 1 / 3, 2 / 3):
-        img = render.render_shape(shape, _lat(floor=h, light=h), RES)[0]
-        corner = img[:3, :3].reshape(-1, 3).astype(np.float64).mean(0)  # the top-left corner is floor
-        corners.append(corner)
-        assert np.argmax(corner) == round(h * 3)
+    for hsv in (0.0, 1 / 3, 2 / 3):  # red, green, blue floor (and light)
+        u = hsv / render.HUE_ARC
+        img = render.render_shape(shape, _lat(floor=u, light=u), RES)[0]
+        corners.append(_floor_corner(img))
+        assert np.argmax(corners[-1]) == round(hsv * 3)
     assert np.abs(corners[0] - corners[1]).max() > 40
+
+
+def _floor_corner(img: np.ndarray) -> np.ndarray:
+    return img[:3, :3].reshape(-1, 3).astype(np.float64).mean(0)  # the top-left corner is floor
+
+
+def test_hue_scale_does_not_wrap():
+    # the relative colour target is a plain difference of hue latents, so hue latents 0 and 1 must look
+    # different (red and violet), and nearby latents alike, for that target to be a function of the pixels
+    shape = _shape(1, 0)
+    corner = {u: _floor_corner(render.render_shape(shape, _lat(floor=u, light=0.5), RES)[0])
+              for u in (0.0, 0.01, 0.5, 0.99, 1.0)}
+    assert np.abs(corner[0.0] - corner[1.0]).max() > 40
+    assert np.abs(corner[0.0] - corner[0.01]).max() < 10 and np.abs(corner[1.0] - corner[0.99]).max() < 10
+    assert corner[1.0][2] > corner[1.0][1] and corner[0.0][0] > corner[0.0][2]  # violet is bluish, red is not
 
 
 def test_classes_differ():

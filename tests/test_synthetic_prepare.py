@@ -10,7 +10,7 @@ from ctxssl_cli.data.pack3diebench import pack_3diebench
 from ctxssl_cli.data.prepared import PreparedDataset
 from ctxssl_cli.data.raw_layout import synset_name
 from ctxssl_cli.data.render import CLASS_NAMES, render_object
-from ctxssl_cli.data.synthetic import RAW_MARKER, prepare_synthetic
+from ctxssl_cli.data.synthetic import RAW_MARKER, prepare_synthetic, stale_renderer
 from ctxssl_cli.errors import CtxsslError
 
 TINY = dict(classes=3, objects_per_class=4, views=3, resolution=16, seed=7, progress=False)
@@ -124,3 +124,29 @@ def test_bad_arguments(tmp_path):
         prepare_synthetic(tmp_path / "x", **dict(TINY, classes=len(CLASS_NAMES) + 1))
     with pytest.raises(CtxsslError, match="views"):
         prepare_synthetic(tmp_path / "x", **dict(TINY, views=1))
+
+
+def _as_renderer_version(root, version):
+    """Rewrite a prepared synthetic dataset's manifest as if an older renderer had made it."""
+    m = yaml.safe_load((root / "manifest.yaml").read_text())
+    m["source"]["renderer_version"] = version
+    (root / "manifest.yaml").write_text(yaml.safe_dump(m, sort_keys=False))
+
+
+def test_a_dataset_from_an_older_renderer_is_refused_by_prepare_and_pretrain(tmp_path, monkeypatch):
+    from ctxssl_cli import paths
+    from ctxssl_cli.cli.pretrain import resolve_data
+    from ctxssl_cli.cli.prepare import synthetic
+
+    d = tmp_path / "home" / "datasets" / "synthetic"
+    prepare_synthetic(d, workers=0, **TINY)
+    assert stale_renderer(d) is None and stale_renderer(tmp_path / "nothing") is None
+    _as_renderer_version(d, 1)
+    assert stale_renderer(d) == 1
+    monkeypatch.setattr(paths, "default_synthetic_dir", lambda: d)
+    with pytest.raises(CtxsslError, match="renderer version 1.*--overwrite"):
+        synthetic(out_dir=None, classes=3, objects_per_class=4, views=3, resolution=16, seed=7, layout="prepared",
+                  workers=0, overwrite=False)
+    with pytest.raises(CtxsslError, match="renderer version 1"):
+        resolve_data("", is_main=True)  # the default benchmark
+    assert resolve_data(str(d), is_main=True) == d  # named on purpose: used as it is

@@ -56,7 +56,7 @@ def synthetic(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing dataset at --out.")] = False,
 ) -> None:
     """Render the built-in synthetic 3D benchmark (no download): objects in shape families, 3DIEBench's latents."""
-    from ctxssl_cli.data.synthetic import prepare_synthetic
+    from ctxssl_cli.data.synthetic import prepare_synthetic, stale_renderer, stale_renderer_error
 
     if layout not in ("prepared", "3diebench"):
         raise CtxsslError(f"unknown --layout '{layout}'", "use --layout prepared or --layout 3diebench")
@@ -65,6 +65,9 @@ def synthetic(
         if v < lo:
             raise CtxsslError(f"{name} must be >= {lo}, got {v}", f"pass {name} {max(lo, 2)} or more")
     target = out_dir or paths.default_synthetic_dir()
+    version = stale_renderer(target) if layout == "prepared" and not overwrite else None
+    if version is not None:
+        raise stale_renderer_error(target, version)
     if layout == "prepared" and not overwrite and _same_synthetic(target, classes, objects_per_class, views,
                                                                   resolution, seed):
         out.print(f"already prepared with these settings: {target} (pass --overwrite to render it again)")

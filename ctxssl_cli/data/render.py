@@ -9,10 +9,10 @@ has one light "body" colour (so the light's hue shows on it) and accent parts in
 object is centred and scaled to a bounding radius of `OBJECT_RADIUS`.
 
 Scene (like 3DIEBench). A pinhole camera at distance 2.5 from the object's centre, elevation pi/4, looking
-at the centre; a floor plane under the object with albedo HSV(floor_hue, 0.6, 0.6); a point light at
-distance `LIGHT_DISTANCE` in direction (theta from the vertical, phi azimuth) with colour
-HSV(light_hue, `LIGHT_SATURATION`, 1); Lambert shading plus ambient; a hard shadow of the object on the
-floor. The view's rotation latent (extrinsic xyz Euler angles, `rotations.euler_xyz_to_matrix`) rotates
+at the centre; a floor plane under the object with albedo HSV(HUE_ARC * floor_hue, 0.6, 0.6); a point light
+at distance `LIGHT_DISTANCE` in direction (theta from the vertical, phi azimuth) with colour
+HSV(HUE_ARC * light_hue, `LIGHT_SATURATION`, 1); Lambert shading plus ambient; a hard shadow of the object on
+the floor. The view's rotation latent (extrinsic xyz Euler angles, `rotations.euler_xyz_to_matrix`) rotates
 the object about its centre. Images are ray cast at `SUPERSAMPLE` x the resolution and box-downsampled
 in linear light, then gamma-encoded (sRGB-like 1/2.2) to uint8.
 
@@ -22,6 +22,13 @@ of the other views in the call, so the same inputs give bit-identical images in 
 machine, however the views are batched.
 
 Speed (one core, 2x supersampling): roughly 700 / 240 / 65 views/s at 32 / 64 / 128 px.
+
+Hue scale. A hue latent u in [0, 1] is drawn as HSV hue `HUE_ARC` * u = 0.75 u: from red (u = 0) through
+yellow, green, cyan and blue to violet (u = 1), so the two ends of the range look different. The relative
+colour target is a plain difference of hue latents (SPEC §3.2, not wrapped); on a full hue circle (renderer
+version 1) u = 0 and u = 1 are the same red, so that target is not a function of the pixels near the wrap
+and a linear probe on any continuous representation tops out near R² 0.62 (measured: 0.616 on the true
+cos/sin of the hues). With the arc it is a smooth function of the pixels.
 
 Latents: 7 float32 per view (rot x, rot y, rot z in [-pi/2, pi/2], floor hue in [0, 1], light theta in
 [0, pi/4], light phi in [0, 2 pi], light hue in [0, 1]), uniform, as 3DIEBench draws them.
@@ -36,7 +43,7 @@ import numpy as np
 
 from ctxssl_cli.data.rotations import LATENT_DIM, LATENT_RANGES, euler_xyz_to_matrix
 
-RENDER_VERSION = 1  # bump when the images for a given (seed, class, object, view) change
+RENDER_VERSION = 2  # bump when the images for a given (seed, class, object, view) change; 2: the hue arc
 
 # --- scene constants -------------------------------------------------------------------------------
 CAMERA_DISTANCE = 2.5
@@ -49,6 +56,7 @@ FLOOR_SATURATION = 0.6
 FLOOR_VALUE = 0.6
 LIGHT_DISTANCE = 4.0
 LIGHT_SATURATION = 0.55
+HUE_ARC = 0.75  # a hue latent u in [0, 1] is drawn as HSV hue HUE_ARC * u: red (0) to violet (1), no wrap
 AMBIENT = 0.28  # ambient term (half white, half tinted by the light)
 DIFFUSE = 0.95
 SHADOW_DARKNESS = 0.75  # fraction of the direct light a shadowed floor point loses
@@ -479,8 +487,8 @@ def _lights(latents: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per view: light position (world, float64 (V, 3)), light colour (linear (V, 3)), floor albedo."""
     th, ph = latents[:, 4].astype(np.float64), latents[:, 5].astype(np.float64)
     ldir = np.stack([np.sin(th) * np.cos(ph), np.sin(th) * np.sin(ph), np.cos(th)], axis=1)
-    lcol = _to_linear(hsv_to_rgb(latents[:, 6], LIGHT_SATURATION, 1.0))
-    floor = _to_linear(hsv_to_rgb(latents[:, 3], FLOOR_SATURATION, FLOOR_VALUE))
+    lcol = _to_linear(hsv_to_rgb(HUE_ARC * latents[:, 6], LIGHT_SATURATION, 1.0))
+    floor = _to_linear(hsv_to_rgb(HUE_ARC * latents[:, 3], FLOOR_SATURATION, FLOOR_VALUE))
     return LIGHT_DISTANCE * ldir, lcol, floor
 
 

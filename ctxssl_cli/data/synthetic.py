@@ -57,6 +57,30 @@ def prepare_synthetic(out, *, classes=10, objects_per_class=50, views=50, resolu
     return summary
 
 
+def stale_renderer(path: Path) -> int | None:
+    """The renderer version of a prepared synthetic dataset at `path` if it is not this renderer's, else None
+    (also None when `path` holds no prepared synthetic dataset)."""
+    from ctxssl_cli.data.prepared import PreparedDataset, is_prepared
+    from ctxssl_cli.data.render import RENDER_VERSION
+
+    if not is_prepared(path):
+        return None
+    m = PreparedDataset(path).manifest
+    if m.get("dataset") != "synthetic":
+        return None
+    version = int((m.get("source") or {}).get("renderer_version", 1))
+    return None if version == RENDER_VERSION else version
+
+
+def stale_renderer_error(path: Path, version: int) -> CtxsslError:
+    from ctxssl_cli.data.render import RENDER_VERSION
+
+    return CtxsslError(f"{path} was rendered by renderer version {version}; this ctxssl renders version "
+                       f"{RENDER_VERSION} (hues on an arc that does not wrap, see CHANGELOG)",
+                       f"render it again: `ctxssl prepare synthetic --out {path} --overwrite` (or pass --data to "
+                       "use the old one on purpose)")
+
+
 def _object_ids(source: dict) -> tuple[list[str], np.ndarray]:
     from ctxssl_cli.data.raw_layout import synset_name
 
