@@ -69,6 +69,13 @@ def test_prepare_pretrain_resume_embed_evaluate(tmp_path):
     r = ctxssl(tmp_path, "evaluate", "--checkpoint", other, "--embeddings", emb, "--out", tmp_path / "rep2", ok=False)
     assert r.returncode != 0 and "another checkpoint" in r.stderr
 
+    # the run's dataset rendered again differently: refused, unless the user names a dataset on purpose
+    ctxssl(tmp_path, "prepare", "synthetic", "--out", data, "--classes", 3, "--objects-per-class", 6, "--views", 6,
+           "--resolution", 16, "--seed", 1, "--workers", 1, "--overwrite")
+    r = ctxssl(tmp_path, "embed", "--context-length", 0, "--out", tmp_path / "e2.safetensors", ok=False)
+    assert r.returncode != 0 and "has changed since" in r.stderr and "--data" in r.stderr
+    ctxssl(tmp_path, "embed", "--context-length", 0, "--data", data, "--out", tmp_path / "e2.safetensors")
+
 
 def test_prepare_synthetic_twice_with_the_same_settings_is_a_no_op(tmp_path):
     args = ["prepare", "synthetic", "--out", tmp_path / "s", "--classes", 2, "--objects-per-class", 2, "--views", 3,
