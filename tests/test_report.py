@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from ctxssl_cli.evaluate.plots import plot_mrr_vs_context, plot_r2_vs_context
+from ctxssl_cli.evaluate.plots import plot_mrr_vs_context, plot_r2_vs_context, r2_ylim
 from ctxssl_cli.evaluate.report import REPORT_FILES, build_markdown, print_tables, write_report
 
 MODES = ("rotation", "color", "none")
@@ -105,6 +105,16 @@ def test_plots_are_pngs_for_any_report(tmp_path, report):
     plot_mrr_vs_context(report, tmp_path / "sub" / "mrr.png")
     _check_png(tmp_path / "r2.png")
     _check_png(tmp_path / "sub" / "mrr.png")
+
+
+def test_r2_panels_share_a_range_from_zero_to_one():
+    r2 = {"features": {"rotation": 0.33, "color": 0.96},
+          "rotation": {"0": {"rotation": 0.41, "color": 0.95}, "126": {"rotation": 0.50, "color": 0.94}},
+          "color": {"0": {"rotation": 0.41, "color": 0.95}, "126": {"rotation": 0.18, "color": 0.96}}}
+    assert r2_ylim(r2) == pytest.approx((-0.03, 1.03))  # not zoomed to 0.94..0.96
+    r2["color"]["126"]["rotation"] = -0.2
+    assert r2_ylim(r2) == pytest.approx((-0.23, 1.03))
+    assert r2_ylim({}) == pytest.approx((-0.03, 1.03))
 
 
 def test_print_tables():

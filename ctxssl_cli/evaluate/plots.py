@@ -79,15 +79,25 @@ def _save(fig: Figure, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def r2_ylim(r2: dict) -> tuple[float, float]:
+    """One y range for both R² panels, from min(0, lowest value) to 1: a gap reads at its true size, not
+    magnified by an axis zoomed to the data (a 0.02 gap would otherwise fill the panel)."""
+    values = [v for metric in ("rotation", "color") for _, vs in _curves(r2, metric).values() for v in vs]
+    values += [v for v in (r2.get("features") or {}).values() if _finite(v)]
+    return min([0.0] + values) - 0.03, 1.03
+
+
 def plot_r2_vs_context(report: dict, path: Path) -> None:
     """Rotation R² and color R² against context length, a curve per context mode, the features' R² dashed:
-    the paper's Figure 3 (right)."""
+    the paper's Figure 3 (right). Both panels share one y range (`r2_ylim`)."""
     r2 = report.get("r2") or {}
     features = r2.get("features") or {}
     fig = Figure(figsize=(10, 4), layout="constrained")
     ax_rot, ax_col = fig.subplots(1, 2)
     _panel(ax_rot, r2, "rotation", "Rotation (relative quaternion, MLP probe)", "R²", features.get("rotation"))
     _panel(ax_col, r2, "color", "Color (hue differences, linear probe)", "R²", features.get("color"))
+    for ax in (ax_rot, ax_col):
+        ax.set_ylim(*r2_ylim(r2))
     fig.suptitle("Equivariance against context length")
     _save(fig, path)
 
