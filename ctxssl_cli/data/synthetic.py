@@ -77,8 +77,8 @@ def stale_renderer_error(path: Path, version: int) -> CtxsslError:
 
     return CtxsslError(f"{path} was rendered by renderer version {version}; this ctxssl renders version "
                        f"{RENDER_VERSION} (hues on an arc that does not wrap, see CHANGELOG)",
-                       f"render it again: `ctxssl prepare synthetic --out {path} --overwrite` (or pass --data to "
-                       "use the old one on purpose)")
+                       f"render it again: `ctxssl prepare synthetic --out {path} --overwrite` (to train on the "
+                       "old one on purpose, name it: `ctxssl pretrain --data DIR`)")
 
 
 def _object_ids(source: dict) -> tuple[list[str], np.ndarray]:
