@@ -44,7 +44,8 @@ def load_run(checkpoint: Path, data: Path | None, device: torch.device) -> Loade
     trained_on = meta.get("data_manifest_sha256")
     if data is None and trained_on and trained_on != dataset.manifest_sha256:
         raise CtxsslError(f"the run's dataset {data_path} has changed since {ckpt.path} was trained on it (it was "
-                          "rendered or packed again)", "pass --data DIR with the dataset the run was trained on, or train the run again")
+                          "rendered or packed again)",
+                          "pass --data DIR with the dataset the run was trained on, or train the run again")
     n_classes = int(meta.get("n_classes", len(dataset.classes)))
     if n_classes != len(dataset.classes):
         raise CtxsslError(f"checkpoint {ckpt.path} was trained on {n_classes} classes but {dataset.root} has "

@@ -10,7 +10,7 @@ from ctxssl_cli.data.pack3diebench import pack_3diebench
 from ctxssl_cli.data.prepared import PreparedDataset
 from ctxssl_cli.data.raw_layout import synset_name
 from ctxssl_cli.data.render import CLASS_NAMES, render_object
-from ctxssl_cli.data.synthetic import RAW_MARKER, prepare_synthetic, stale_renderer
+from ctxssl_cli.data.synthetic import RAW_MARKER, prepare_synthetic, stale_renderer, synthetic_manifest
 from ctxssl_cli.errors import CtxsslError
 
 TINY = dict(classes=3, objects_per_class=4, views=3, resolution=16, seed=7, progress=False)
@@ -140,9 +140,9 @@ def test_a_dataset_from_an_older_renderer_is_refused_by_prepare_and_pretrain(tmp
 
     d = tmp_path / "home" / "datasets" / "synthetic"
     prepare_synthetic(d, workers=0, **TINY)
-    assert stale_renderer(d) is None and stale_renderer(tmp_path / "nothing") is None
+    assert stale_renderer(synthetic_manifest(d)) is None and stale_renderer(synthetic_manifest(tmp_path / "nothing")) is None
     _as_renderer_version(d, 1)
-    assert stale_renderer(d) == 1
+    assert stale_renderer(synthetic_manifest(d)) == 1
     monkeypatch.setattr(paths, "default_synthetic_dir", lambda: d)
     with pytest.raises(CtxsslError, match="renderer version 1.*--overwrite"):
         synthetic(out_dir=None, classes=3, objects_per_class=4, views=3, resolution=16, seed=7, layout="prepared",

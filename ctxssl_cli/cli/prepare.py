@@ -29,18 +29,14 @@ def _summary(info: dict) -> None:
         out.print(f"{key}: {value}")
 
 
-def _same_synthetic(target: Path, classes: int, objects_per_class: int, views: int, resolution: int,
+def _same_synthetic(m: dict | None, classes: int, objects_per_class: int, views: int, resolution: int,
                     seed: int) -> bool:
-    """True if `target` already holds a complete synthetic dataset rendered with exactly these settings."""
-    from ctxssl_cli.data.prepared import PreparedDataset, is_prepared
-
-    if not is_prepared(target):
+    """True if `m`, a synthetic dataset's manifest (`synthetic_manifest`), records exactly these settings."""
+    if m is None:
         return False
-    m = PreparedDataset(target).manifest
     src = m.get("source") or {}
-    return (m.get("dataset") == "synthetic" and m.get("resolution") == resolution and src.get("seed") == seed
-            and src.get("classes") == classes and src.get("objects_per_class") == objects_per_class
-            and src.get("views") == views)
+    return (m.get("resolution") == resolution and src.get("seed") == seed and src.get("classes") == classes
+            and src.get("objects_per_class") == objects_per_class and src.get("views") == views)
 
 
 @app.command("synthetic")
@@ -56,7 +52,8 @@ def synthetic(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing dataset at --out.")] = False,
 ) -> None:
     """Render the built-in synthetic 3D benchmark (no download): objects in shape families, 3DIEBench's latents."""
-    from ctxssl_cli.data.synthetic import prepare_synthetic, stale_renderer, stale_renderer_error
+    from ctxssl_cli.data.synthetic import (prepare_synthetic, stale_renderer, stale_renderer_error,
+                                          synthetic_manifest)
 
     if layout not in ("prepared", "3diebench"):
         raise CtxsslError(f"unknown --layout '{layout}'", "use --layout prepared or --layout 3diebench")
@@ -65,13 +62,14 @@ def synthetic(
         if v < lo:
             raise CtxsslError(f"{name} must be >= {lo}, got {v}", f"pass {name} {max(lo, 2)} or more")
     target = out_dir or paths.default_synthetic_dir()
-    version = stale_renderer(target) if layout == "prepared" and not overwrite else None
-    if version is not None:
-        raise stale_renderer_error(target, version)
-    if layout == "prepared" and not overwrite and _same_synthetic(target, classes, objects_per_class, views,
-                                                                  resolution, seed):
-        out.print(f"already prepared with these settings: {target} (pass --overwrite to render it again)")
-        return
+    if layout == "prepared" and not overwrite:
+        existing = synthetic_manifest(target)
+        version = stale_renderer(existing)
+        if version is not None:
+            raise stale_renderer_error(target, version)
+        if _same_synthetic(existing, classes, objects_per_class, views, resolution, seed):
+            out.print(f"already prepared with these settings: {target} (pass --overwrite to render it again)")
+            return
     info = prepare_synthetic(target, classes=classes, objects_per_class=objects_per_class, views=views,
                              resolution=resolution, seed=seed, layout=layout, workers=workers,
                              overwrite=overwrite, progress=True)

@@ -57,18 +57,24 @@ def prepare_synthetic(out, *, classes=10, objects_per_class=50, views=50, resolu
     return summary
 
 
-def stale_renderer(path: Path) -> int | None:
-    """The renderer version of a prepared synthetic dataset at `path` if it is not this renderer's, else None
-    (also None when `path` holds no prepared synthetic dataset)."""
+def synthetic_manifest(path: Path) -> dict | None:
+    """The manifest of the complete prepared synthetic dataset at `path`, or None if there is none."""
     from ctxssl_cli.data.prepared import PreparedDataset, is_prepared
-    from ctxssl_cli.data.render import RENDER_VERSION
 
     if not is_prepared(path):
         return None
     m = PreparedDataset(path).manifest
-    if m.get("dataset") != "synthetic":
+    return m if m.get("dataset") == "synthetic" else None
+
+
+def stale_renderer(manifest: dict | None) -> int | None:
+    """The renderer version recorded in a synthetic dataset's manifest (`synthetic_manifest`) if it is not this
+    renderer's, else None (also None for no manifest)."""
+    from ctxssl_cli.data.render import RENDER_VERSION
+
+    if manifest is None:
         return None
-    version = int((m.get("source") or {}).get("renderer_version", 1))
+    version = int((manifest.get("source") or {}).get("renderer_version", 1))
     return None if version == RENDER_VERSION else version
 
 

@@ -68,6 +68,11 @@ def _rows(section: dict, cell) -> list[list[str]]:
     return rows
 
 
+def _factor_cells(entry) -> list[str]:
+    """The rotation and color cells of an R² or variance-share entry."""
+    return [_fmt((entry or {}).get("rotation")), _fmt((entry or {}).get("color"))]
+
+
 def result_tables(report: dict) -> list[Table]:
     """The results as tables, one per section present (shared by the Markdown and the console output)."""
     tables = []
@@ -76,13 +81,11 @@ def result_tables(report: dict) -> list[Table]:
         r2_kind = settings.get("r2_kind", "sklearn")
         tables.append(Table(f"Equivariance: R² of a probe on concat(e(x), e(y)), val pairs ({r2_kind} R²)",
                             ["embedding", "rotation R² (MLP)", "color R² (linear)"],
-                            _rows(report["r2"], lambda e: [_fmt((e or {}).get("rotation")),
-                                                           _fmt((e or {}).get("color"))])))
+                            _rows(report["r2"], _factor_cells)))
     if report.get("share"):
         tables.append(Table("Variance share: fraction of the embedding's variance explained linearly by the factor "
                             "(val; fit on train)", ["embedding", "rotation", "color"],
-                            _rows(report["share"], lambda e: [_fmt((e or {}).get("rotation")),
-                                                              _fmt((e or {}).get("color"))])))
+                            _rows(report["share"], _factor_cells)))
     if report.get("mrr"):
         tables.append(Table("Retrieval on val: MRR and H@k",
                             ["context", "MRR", "H@1", "H@2", "H@5", "H@10"],
