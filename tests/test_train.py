@@ -154,6 +154,20 @@ def test_resume_refuses_a_changed_spec_and_new_run_refuses_existing(tiny_data, t
     assert summary["final_step"] == 4 and load_checkpoint(tmp_path / "r").step == 4
 
 
+def test_resume_refuses_a_dataset_that_changed_since_the_checkpoint(tiny_data, tmp_path):
+    from ctxssl_cli.data.prepared import PreparedDataset
+    from ctxssl_cli.data.synthetic import prepare_synthetic
+
+    pretrain(_spec(2), tiny_data, tmp_path / "r", DistInfo())
+    other = tmp_path / "other"  # same shapes, another seed: other images, another manifest
+    prepare_synthetic(other, classes=4, objects_per_class=10, views=6, resolution=16, seed=1, workers=1,
+                      progress=False)
+    with pytest.raises(CtxsslError, match="not the one"):
+        pretrain(_spec(4), PreparedDataset(other), tmp_path / "r", DistInfo(), resume=True)
+    assert load_checkpoint(tmp_path / "r").step == 2  # nothing trained, nothing written
+    assert pretrain(_spec(4), tiny_data, tmp_path / "r", DistInfo(), resume=True)["final_step"] == 4
+
+
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_data, tmp_path, monkeypatch):
     import ctxssl_cli.train.loop as loop
 

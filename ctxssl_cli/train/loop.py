@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
@@ -131,18 +132,25 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
-def prepare_run_dir(run_dir: Path, spec: RunSpec, resume: bool) -> RunSpec:
-    """Check the run folder against --resume; returns the spec to train with."""
+def prepare_run_dir(run_dir: Path, spec: RunSpec, resume: bool, data: PreparedDataset | None = None) -> RunSpec:
+    """Check the run folder against --resume (and, when resuming, `data` against the dataset the checkpoint
+    was trained on); returns the spec to train with."""
     ckpt = run_dir / CHECKPOINT_NAME
     if resume:
         if not ckpt.is_file():
             raise CtxsslError(f"--resume: {run_dir} holds no {CHECKPOINT_NAME}",
                               "check --out, or drop --resume to start a new run")
-        stored = spec_from_yaml_text(load_checkpoint(ckpt, verify=False).spec_yaml)
+        stored_yaml = load_checkpoint(ckpt, verify=False).spec_yaml
+        stored = spec_from_yaml_text(stored_yaml)
         changed = [k for k in diff_specs(stored, spec) if k not in RESUMABLE_CHANGES]
         if changed:
             raise CtxsslError(f"--resume: the command's spec differs from the run's in {', '.join(changed)}",
                               f"resume with the run's spec ({run_dir / SPEC_NAME}) or start a new run")
+        trained_on = ((yaml.safe_load(stored_yaml) or {}).get("meta") or {}).get("data_manifest_sha256")
+        if data is not None and trained_on and trained_on != data.manifest_sha256:
+            raise CtxsslError(f"--resume: the dataset {data.root} is not the one {ckpt} was trained on (its manifest "
+                              "changed: rendered or packed again since)",
+                              "resume with the run's dataset (--data DIR), or start a new run on this one")
         return spec
     if ckpt.exists():
         raise CtxsslError(f"{run_dir} already holds a run", "pass --resume to continue it, or choose another --out")
@@ -156,7 +164,7 @@ def pretrain(spec: RunSpec, data: PreparedDataset, run_dir: Path, info: D.DistIn
              compile_model: bool = False, progress=None) -> dict:
     """Train `spec` on `data`, writing to `run_dir`. Returns a summary dict (steps, final loss, pairs/s)."""
     # ---- run folder and spec -------------------------------------------------------------------------
-    spec = prepare_run_dir(run_dir, spec, resume)
+    spec = prepare_run_dir(run_dir, spec, resume, data)
     device, t = info.device, spec.train
     resolution = spec.data.resolution or data.resolution
     if spec.model.sync_bn and info.distributed and device.type != "cuda":
