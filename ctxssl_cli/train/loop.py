@@ -148,8 +148,8 @@ def prepare_run_dir(run_dir: Path, spec: RunSpec, resume: bool, data: PreparedDa
                               f"resume with the run's spec ({run_dir / SPEC_NAME}) or start a new run")
         trained_on = ((yaml.safe_load(stored_yaml) or {}).get("meta") or {}).get("data_manifest_sha256")
         if data is not None and trained_on and trained_on != data.manifest_sha256:
-            raise CtxsslError(f"--resume: the dataset {data.root} is not the one {ckpt} was trained on (its manifest "
-                              "changed: rendered or packed again since)",
+            raise CtxsslError(f"--resume: the dataset {data.root} is not the one {ckpt} was trained on (the manifests "
+                              "differ: another dataset, or this one rendered or packed again since)",
                               "resume with the run's dataset (--data DIR), or start a new run on this one")
         return spec
     if ckpt.exists():
