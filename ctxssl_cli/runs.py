@@ -6,13 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 
 from ctxssl_cli.checkpoint import load_checkpoint, restore_model
 from ctxssl_cli.data.prepared import PreparedDataset
 from ctxssl_cli.errors import CtxsslError
 from ctxssl_cli.model.ctxssl import ContextSSL
-from ctxssl_cli.spec import RunSpec, spec_from_yaml_text
+from ctxssl_cli.spec import RunSpec, spec_from_yaml_text, stored_meta
 
 
 @dataclass
@@ -36,7 +35,7 @@ def load_run(checkpoint: Path, data: Path | None, device: torch.device) -> Loade
 
     ckpt = load_checkpoint(checkpoint)
     spec = spec_from_yaml_text(ckpt.spec_yaml)
-    meta = (yaml.safe_load(ckpt.spec_yaml) or {}).get("meta") or {}
+    meta = stored_meta(ckpt.spec_yaml)
     data_path = Path(data) if data is not None else Path(meta.get("data_path") or spec.data.path)
     if not data_path.exists():
         raise CtxsslError(f"the run's dataset {data_path} does not exist", "pass --data DIR (a prepared dataset)")

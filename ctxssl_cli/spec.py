@@ -379,6 +379,12 @@ def spec_from_yaml_text(text: str) -> RunSpec:
     return from_dict(raw)
 
 
+def stored_meta(text: str) -> dict:
+    """The `meta` block that `to_yaml` stored beside a spec (run folder or checkpoint); {} if there is none."""
+    raw = yaml.safe_load(text)
+    return (raw.get("meta") if isinstance(raw, dict) else None) or {}
+
+
 def to_yaml(spec: RunSpec, meta: dict | None = None) -> str:
     body = spec.to_dict()
     if meta:

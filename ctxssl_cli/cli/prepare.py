@@ -52,8 +52,7 @@ def synthetic(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing dataset at --out.")] = False,
 ) -> None:
     """Render the built-in synthetic 3D benchmark (no download): objects in shape families, 3DIEBench's latents."""
-    from ctxssl_cli.data.synthetic import (prepare_synthetic, stale_renderer, stale_renderer_error,
-                                          synthetic_manifest)
+    from ctxssl_cli.data.synthetic import check_renderer, prepare_synthetic, synthetic_manifest
 
     if layout not in ("prepared", "3diebench"):
         raise CtxsslError(f"unknown --layout '{layout}'", "use --layout prepared or --layout 3diebench")
@@ -64,9 +63,7 @@ def synthetic(
     target = out_dir or paths.default_synthetic_dir()
     if layout == "prepared" and not overwrite:
         existing = synthetic_manifest(target)
-        version = stale_renderer(existing)
-        if version is not None:
-            raise stale_renderer_error(target, version)
+        check_renderer(target, existing)
         if _same_synthetic(existing, classes, objects_per_class, views, resolution, seed):
             out.print(f"already prepared with these settings: {target} (pass --overwrite to render it again)")
             return

@@ -17,7 +17,7 @@ def resolve_data(path: str, is_main: bool) -> Path:
     """The folder of the prepared dataset named by the spec; the default synthetic benchmark is rendered on
     first use (by rank 0; the caller opens the folder after a barrier)."""
     from ctxssl_cli.data.prepared import is_prepared
-    from ctxssl_cli.data.synthetic import stale_renderer, stale_renderer_error, synthetic_manifest
+    from ctxssl_cli.data.synthetic import check_renderer, synthetic_manifest
 
     if path:
         p = Path(path).expanduser()
@@ -26,9 +26,7 @@ def resolve_data(path: str, is_main: bool) -> Path:
                               "prepare one with `ctxssl prepare synthetic --out DIR` or `ctxssl prepare 3diebench`")
         return p
     p = paths.default_synthetic_dir()
-    version = stale_renderer(synthetic_manifest(p))
-    if version is not None:
-        raise stale_renderer_error(p, version)
+    check_renderer(p, synthetic_manifest(p))
     if not is_prepared(p) and is_main:
         from ctxssl_cli.data.synthetic import prepare_synthetic
 

@@ -78,13 +78,17 @@ def stale_renderer(manifest: dict | None) -> int | None:
     return None if version == RENDER_VERSION else version
 
 
-def stale_renderer_error(path: Path, version: int) -> CtxsslError:
+def check_renderer(path: Path, manifest: dict | None) -> None:
+    """Refuse a synthetic dataset (its `synthetic_manifest`) made by another renderer version."""
     from ctxssl_cli.data.render import RENDER_VERSION
 
-    return CtxsslError(f"{path} was rendered by renderer version {version}; this ctxssl renders version "
-                       f"{RENDER_VERSION} (hues on an arc that does not wrap, see CHANGELOG)",
-                       f"render it again: `ctxssl prepare synthetic --out {path} --overwrite` (to train on the "
-                       "old one on purpose, name it: `ctxssl pretrain --data DIR`)")
+    version = stale_renderer(manifest)
+    if version is None:
+        return
+    raise CtxsslError(f"{path} was rendered by renderer version {version}; this ctxssl renders version "
+                      f"{RENDER_VERSION} (hues on an arc that does not wrap, see CHANGELOG)",
+                      f"render it again: `ctxssl prepare synthetic --out {path} --overwrite` (to train on the "
+                      "old one on purpose, name it: `ctxssl pretrain --data DIR`)")
 
 
 def _object_ids(source: dict) -> tuple[list[str], np.ndarray]:

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
@@ -29,7 +28,7 @@ from ctxssl_cli.data.prepared import PreparedDataset
 from ctxssl_cli.errors import CtxsslError, NonFiniteLossError
 from ctxssl_cli.fileio import atomic_write_text
 from ctxssl_cli.model.ctxssl import ContextSSL
-from ctxssl_cli.spec import RunSpec, spec_from_yaml_text, to_yaml
+from ctxssl_cli.spec import RunSpec, spec_from_yaml_text, stored_meta, to_yaml
 from ctxssl_cli.train import dist as D
 from ctxssl_cli.train.schedule import warmup_cosine
 from ctxssl_cli.train.step import compute_loss, sample_env, step_mask
@@ -146,7 +145,7 @@ def prepare_run_dir(run_dir: Path, spec: RunSpec, resume: bool, data: PreparedDa
         if changed:
             raise CtxsslError(f"--resume: the command's spec differs from the run's in {', '.join(changed)}",
                               f"resume with the run's spec ({run_dir / SPEC_NAME}) or start a new run")
-        trained_on = ((yaml.safe_load(stored_yaml) or {}).get("meta") or {}).get("data_manifest_sha256")
+        trained_on = stored_meta(stored_yaml).get("data_manifest_sha256")
         if data is not None and trained_on and trained_on != data.manifest_sha256:
             raise CtxsslError(f"--resume: the dataset {data.root} is not the one {ckpt} was trained on (the manifests "
                               "differ: another dataset, or this one rendered or packed again since)",
