@@ -96,8 +96,9 @@ def plot_r2_vs_context(report: dict, path: Path) -> None:
     ax_rot, ax_col = fig.subplots(1, 2)
     _panel(ax_rot, r2, "rotation", "Rotation (relative quaternion, MLP probe)", "R²", features.get("rotation"))
     _panel(ax_col, r2, "color", "Color (hue differences, linear probe)", "R²", features.get("color"))
+    ylim = r2_ylim(r2)
     for ax in (ax_rot, ax_col):
-        ax.set_ylim(*r2_ylim(r2))
+        ax.set_ylim(*ylim)
     fig.suptitle("Equivariance against context length")
     _save(fig, path)
 
