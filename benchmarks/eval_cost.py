@@ -23,7 +23,7 @@ from ctxssl_cli import embed as E
 from ctxssl_cli.cli.common import latest_run
 from ctxssl_cli.evaluate.pipeline import EvalSettings, evaluate_run
 from ctxssl_cli.runs import load_run
-from ctxssl_cli.train.dist import resolve_device
+from ctxssl_cli.devices import resolve_device
 
 
 def main():

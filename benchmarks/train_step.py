@@ -24,9 +24,9 @@ from ctxssl_cli.losses import aux_loss, info_nce
 from ctxssl_cli.model.context import pair_attention_mask
 from ctxssl_cli.model.flops import model_flops_per_pair
 from ctxssl_cli.spec import load_spec
-from ctxssl_cli.train.dist import resolve_device
-from ctxssl_cli.train.loop import build_model
-from ctxssl_cli.train.step import revealed_mask
+from ctxssl_cli.devices import resolve_device
+from ctxssl_cli.model.build import build_model
+from ctxssl_cli.data.schema import ACTION_DIM, revealed_mask
 
 
 def sync(device):
@@ -50,14 +50,14 @@ def matmul_flops(device, dtype, n=2048, reps=10) -> float:
 def bench(name, spec, data: PreparedDataset, device, steps: int, peak: float, amp):
     res = spec.data.resolution or data.resolution
     torch.manual_seed(0)
-    model = build_model(spec, 6).to(device)
+    model = build_model(spec, ACTION_DIM).to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, **({"fused": True} if device.type == "cuda" else {}))
     sampler = PairSampler(data.split("train"), spec.train.batch_size, 0)
     n_pairs = spec.pairs_per_seq
     n_seq = spec.train.batch_size // n_pairs
-    revealed = revealed_mask("rotation", 6, device)
+    revealed = revealed_mask("rotation", ACTION_DIM, device)
     phases = dict.fromkeys(["data", "encoder", "transformer", "loss", "backward", "optimiser"], 0.0)
     total_t = 0.0
     for step in range(steps + 1):  # step 0 warms up and is not counted

@@ -31,10 +31,10 @@ from ctxssl_cli import __version__
 from ctxssl_cli.checkpoint import content_hash, read_verified
 from ctxssl_cli.data.pairs import to_model_input
 from ctxssl_cli.data.rotations import relative_action
+from ctxssl_cli.data.schema import ACTION_DIM, revealed_mask
 from ctxssl_cli.errors import CtxsslError
 from ctxssl_cli.fileio import commit, tmp_path_for
 from ctxssl_cli.runs import LoadedRun
-from ctxssl_cli.spec import ENVIRONMENTS
 
 PROTOCOL_VERSION = "1"
 MODES = ("rotation", "color", "none")
@@ -44,13 +44,11 @@ DEFAULT_CONTEXT_PAIRS = 64
 CONTEXT_SEED = 1234  # the fixed context of SPEC §4 is drawn with this seed from the train split
 
 
-def mode_mask(mode: str, action_dim: int = 6) -> torch.Tensor:
-    """(A,) float: 1 where the context mode keeps an action component."""
+def mode_mask(mode: str, action_dim: int = ACTION_DIM) -> torch.Tensor:
+    """(A,) float: 1 where the context mode keeps an action component (the mode's environment's reveal)."""
     if mode not in MODE_ENV:
         raise CtxsslError(f"unknown context mode '{mode}'", "use rotation, color or none")
-    m = torch.zeros(action_dim)
-    m[list(ENVIRONMENTS[MODE_ENV[mode]])] = 1.0
-    return m
+    return revealed_mask(MODE_ENV[mode], action_dim).float()
 
 
 def check_lengths(lengths: list[int], block_size: int) -> list[int]:
@@ -206,7 +204,7 @@ def embed_split(run: LoadedRun, split_name: str, modes: list[str], lengths: list
         h0 = h.reshape(n, v, -1)[:, 0].repeat_interleave(v, dim=0)  # (n*v, F): view 0 repeated
     task = progress.add_task(f"context {split_name}", total=len(modes) * len(lengths)) if progress is not None else None
     for mode in modes:
-        keep = mode_mask(mode).to(run.device)
+        keep = mode_mask(mode, run.action_dim).to(run.device)
         for c in lengths:
             k = c // 2
             cache = run.model.build_context(ctx_hx[:k], ctx_hy[:k], ctx_action[:k] * keep)

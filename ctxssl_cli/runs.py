@@ -10,6 +10,8 @@ import torch
 from ctxssl_cli.checkpoint import load_checkpoint, restore_model
 from ctxssl_cli.data.prepared import PreparedDataset
 from ctxssl_cli.errors import CtxsslError
+from ctxssl_cli.data.schema import ACTION_DIM
+from ctxssl_cli.model.build import build_model
 from ctxssl_cli.model.ctxssl import ContextSSL
 from ctxssl_cli.spec import RunSpec, spec_from_yaml_text, stored_meta
 
@@ -29,10 +31,12 @@ class LoadedRun:
     def resolution(self) -> int:
         return int(self.meta["resolution"])
 
+    @property
+    def action_dim(self) -> int:
+        return int(self.meta.get("action_dim", ACTION_DIM))
+
 
 def load_run(checkpoint: Path, data: Path | None, device: torch.device) -> LoadedRun:
-    from ctxssl_cli.train.loop import build_model
-
     ckpt = load_checkpoint(checkpoint)
     spec = spec_from_yaml_text(ckpt.spec_yaml)
     meta = stored_meta(ckpt.spec_yaml)
@@ -49,8 +53,7 @@ def load_run(checkpoint: Path, data: Path | None, device: torch.device) -> Loade
     if n_classes != len(dataset.classes):
         raise CtxsslError(f"checkpoint {ckpt.path} was trained on {n_classes} classes but {dataset.root} has "
                           f"{len(dataset.classes)}", "pass the dataset the run was trained on (--data)")
-    action_dim = int(meta.get("action_dim", 6))
-    model = build_model(spec, action_dim=action_dim)
+    model = build_model(spec, action_dim=int(meta.get("action_dim", ACTION_DIM)))
     restore_model(model, ckpt)
     model.to(device).eval()
     return LoadedRun(checkpoint=ckpt.path, checkpoint_sha256=ckpt.meta["content_sha256"], step=ckpt.step,

@@ -16,18 +16,11 @@ from typing import Any
 
 import yaml
 
+from ctxssl_cli.data.schema import ENVIRONMENTS
 from ctxssl_cli.errors import CtxsslError
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 
-# What each environment reveals of the 6-d action (SPEC §2 "Environments"). An environment hides the rest
-# (zeroes it in every x token). "invariant" reveals nothing, so the model is pushed to invariance.
-ENVIRONMENTS: dict[str, tuple[int, ...]] = {
-    "rotation": (0, 1, 2, 3),
-    "color": (4, 5),
-    "rotcolor": (0, 1, 2, 3, 4, 5),
-    "invariant": (),
-}
 
 
 @dataclass

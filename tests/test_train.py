@@ -13,9 +13,11 @@ from ctxssl_cli.data.pairs import PairBatch
 from ctxssl_cli.errors import CtxsslError, NonFiniteLossError
 from ctxssl_cli.spec import load_spec
 from ctxssl_cli.train.dist import DistInfo
-from ctxssl_cli.train.loop import build_model, pretrain
-from ctxssl_cli.train.schedule import warmup_cosine
-from ctxssl_cli.train.step import compute_loss, revealed_mask, sample_env, step_mask
+from ctxssl_cli.model.build import build_model
+from ctxssl_cli.train.loop import pretrain
+from ctxssl_cli.schedule import warmup_cosine
+from ctxssl_cli.data.schema import revealed_mask
+from ctxssl_cli.train.step import compute_loss, sample_env, step_mask
 
 TINY = ["train.batch_size=16", "model.block_size=8", "model.n_embd=32", "model.n_layer=1", "model.n_head=2",
         "model.encoder=convnet", "model.aux_hidden=32", "data.workers=0"]

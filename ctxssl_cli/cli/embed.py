@@ -27,7 +27,7 @@ def embed(
     """Embed every view of a split: features h and outputs z per context mode and length, one encoder pass."""
     from ctxssl_cli import embed as E
     from ctxssl_cli.runs import load_run
-    from ctxssl_cli.train.dist import resolve_device
+    from ctxssl_cli.devices import resolve_device
 
     ckpt = checkpoint or latest_run()
     run = load_run(ckpt, data, resolve_device(device))

@@ -25,7 +25,7 @@ def evaluate(
     from ctxssl_cli.evaluate.pipeline import EvalSettings, evaluate_run
     from ctxssl_cli.evaluate.report import print_tables, write_report
     from ctxssl_cli.runs import load_run
-    from ctxssl_cli.train.dist import resolve_device
+    from ctxssl_cli.devices import resolve_device
 
     if r2 not in ("sklearn", "paper"):
         raise CtxsslError(f"unknown --r2 '{r2}'", "use --r2 sklearn or --r2 paper")

@@ -20,7 +20,7 @@ from torch import nn
 
 from ctxssl_cli.errors import CtxsslError
 from ctxssl_cli.evaluate.metrics import r2_score
-from ctxssl_cli.train.schedule import warmup_cosine
+from ctxssl_cli.schedule import warmup_cosine
 
 
 def eval_pairs(n_objects: int, n_views: int, pairs_per_object: int,

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ctxssl_cli.data.schema import ACTION_DIM
 from ctxssl_cli.model.context import ContextTransformer, KVCache
 from ctxssl_cli.model.encoder import build_encoder
 
@@ -41,7 +42,7 @@ class ContextSSL(nn.Module):
     Defaults are the paper's (ResNet-18, 3 layers, 4 heads, 2048 wide, no dropout, aux MLP 1024 wide).
     """
 
-    def __init__(self, encoder: str = "resnet18", action_dim: int = 6, n_layer: int = 3, n_head: int = 4,
+    def __init__(self, encoder: str = "resnet18", action_dim: int = ACTION_DIM, n_layer: int = 3, n_head: int = 4,
                  n_embd: int = 2048, dropout: float = 0.0, aux_hidden: int = 1024, channels_last: bool = False,
                  aux_dim: int | None = None, aux_norm: str = "l2"):
         super().__init__()

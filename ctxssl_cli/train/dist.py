@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ctxssl_cli.errors import CtxsslError
+from ctxssl_cli.devices import resolve_device
 
 
 @dataclass
@@ -25,16 +25,6 @@ class DistInfo:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(pref: str) -> torch.device:
-    if pref not in ("auto", "cpu", "cuda"):
-        raise CtxsslError(f"unknown device '{pref}'", "use --device auto, cpu or cuda")
-    if pref == "cuda" and not torch.cuda.is_available():
-        raise CtxsslError("--device cuda was asked for but no CUDA GPU is visible", "use --device cpu (or auto)")
-    if pref == "auto":
-        pref = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(pref)
 
 
 def setup(device_pref: str) -> DistInfo:

@@ -27,10 +27,11 @@ from ctxssl_cli.data.pairs import PairBatchDataset, PairSampler
 from ctxssl_cli.data.prepared import PreparedDataset
 from ctxssl_cli.errors import CtxsslError, NonFiniteLossError
 from ctxssl_cli.fileio import atomic_write_text
-from ctxssl_cli.model.ctxssl import ContextSSL
+from ctxssl_cli.data.schema import ACTION_DIM
+from ctxssl_cli.model.build import build_model
 from ctxssl_cli.spec import RunSpec, spec_from_yaml_text, stored_meta, to_yaml
 from ctxssl_cli.train import dist as D
-from ctxssl_cli.train.schedule import warmup_cosine
+from ctxssl_cli.schedule import warmup_cosine
 from ctxssl_cli.train.step import compute_loss, sample_env, step_mask
 
 SPEC_NAME = "spec.yaml"
@@ -40,15 +41,6 @@ LOG_NAME = "train.log"
 # the run is observed, not what one step computes).
 RESUMABLE_CHANGES = {"train.epochs", "train.max_steps", "train.checkpoint_every", "train.log_every",
                      "data.workers", "data.path"}
-
-
-def build_model(spec: RunSpec, action_dim: int) -> ContextSSL:
-    from ctxssl_cli.train.step import aux_layout
-
-    m = spec.model
-    return ContextSSL(encoder=m.encoder, action_dim=action_dim, n_layer=m.n_layer, n_head=m.n_head,
-                      n_embd=m.n_embd, dropout=m.dropout, aux_hidden=m.aux_hidden, aux_dim=sum(aux_layout(spec)),
-                      aux_norm=m.aux_norm)
 
 
 def git_sha() -> str:
@@ -66,7 +58,7 @@ def run_meta(spec: RunSpec, data: PreparedDataset, resolution: int, device: torc
         "data_manifest_sha256": data.manifest_sha256,
         "resolution": resolution,
         "n_classes": len(data.classes),
-        "action_dim": 6,
+        "action_dim": ACTION_DIM,
         "mean": [float(v) for v in data.mean],
         "std": [float(v) for v in data.std],
         "git_sha": git_sha(),
@@ -193,7 +185,7 @@ def pretrain(spec: RunSpec, data: PreparedDataset, run_dir: Path, info: D.DistIn
 
     # ---- model, optimiser, schedule ------------------------------------------------------------------
     torch.manual_seed(t.seed)
-    model = build_model(spec, action_dim=6)
+    model = build_model(spec, action_dim=ACTION_DIM)
     if spec.model.sync_bn and info.distributed:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)

@@ -14,7 +14,9 @@ from torch import nn
 from ctxssl_cli.data.pairs import PairBatch, to_model_input
 from ctxssl_cli.losses import aux_loss, info_nce
 from ctxssl_cli.model.context import pair_attention_mask
-from ctxssl_cli.spec import ENVIRONMENTS, RunSpec
+from ctxssl_cli.data.schema import ACTION_DIM, COLOR, ROTATION, revealed_mask
+from ctxssl_cli.model.build import aux_layout
+from ctxssl_cli.spec import RunSpec
 from ctxssl_cli.train.dist import DistInfo, gather_with_grad
 
 
@@ -29,14 +31,6 @@ def sample_env(envs: dict[str, float], seed: int, step: int) -> str:
     return names[int(env_schedule_rng(seed, step).choice(len(names), p=probs / probs.sum()))]
 
 
-def revealed_mask(env: str, action_dim: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """(A,) bool: the action components this environment reveals."""
-    m = torch.zeros(action_dim, dtype=torch.bool, device=device)
-    idx = [i for i in ENVIRONMENTS[env] if i < action_dim]
-    m[idx] = True
-    return m
-
-
 def quat_to_matrix(q: torch.Tensor) -> torch.Tensor:
     """Unit quaternions (N, 4) scalar-last -> rotation matrices flattened row-major (N, 9); q and -q agree."""
     x, y, z, w = q.unbind(-1)
@@ -46,14 +40,9 @@ def quat_to_matrix(q: torch.Tensor) -> torch.Tensor:
         2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], dim=-1)
 
 
-def aux_layout(spec: RunSpec) -> tuple[int, int]:
-    """(rotation width, hue width) of the auxiliary target: quaternion 4 / matrix 9; linear 2 / circular 4."""
-    return (4 if spec.train.aux_rotation == "quaternion" else 9), (2 if spec.train.aux_hue == "linear" else 4)
-
-
 def aux_target(target: torch.Tensor, spec: RunSpec) -> torch.Tensor:
     """A view's absolute 6-d latent (quaternion, floor hue, light hue) in the spec's target encoding."""
-    rot, hue = target[:, :4], target[:, 4:6]
+    rot, hue = target[:, list(ROTATION)], target[:, list(COLOR)]
     if spec.train.aux_rotation == "matrix":
         rot = quat_to_matrix(rot)
     if spec.train.aux_hue == "circular":
@@ -65,8 +54,8 @@ def aux_target(target: torch.Tensor, spec: RunSpec) -> torch.Tensor:
 def aux_revealed(env: str, spec: RunSpec, device) -> torch.Tensor:
     """(D,) bool over the aux target: the rotation block if the env reveals rotation, the hue block for color."""
     n_rot, n_hue = aux_layout(spec)
-    rev = revealed_mask(env, 6, "cpu")
-    return torch.cat([rev[:4].any().repeat(n_rot), rev[4:].any().repeat(n_hue)]).to(device)
+    rev = revealed_mask(env, ACTION_DIM, "cpu")
+    return torch.cat([rev[list(ROTATION)].any().repeat(n_rot), rev[list(COLOR)].any().repeat(n_hue)]).to(device)
 
 
 def step_mask(spec: RunSpec, step: int, n_seq_global: int, info: DistInfo, device: torch.device) -> torch.Tensor:

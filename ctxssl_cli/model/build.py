@@ -1,0 +1,22 @@
+"""Spec (or checkpoint) -> model: the one place a ContextSSL model is constructed.
+
+Training, embedding, evaluation and the benchmarks all build through here, so `embed`/`evaluate` never import
+the trainer.
+"""
+
+from __future__ import annotations
+
+from ctxssl_cli.model.ctxssl import ContextSSL
+from ctxssl_cli.spec import RunSpec
+
+
+def aux_layout(spec: RunSpec) -> tuple[int, int]:
+    """(rotation width, hue width) of the auxiliary target: quaternion 4 / matrix 9; linear 2 / circular 4."""
+    return (4 if spec.train.aux_rotation == "quaternion" else 9), (2 if spec.train.aux_hue == "linear" else 4)
+
+
+def build_model(spec: RunSpec, action_dim: int) -> ContextSSL:
+    m = spec.model
+    return ContextSSL(encoder=m.encoder, action_dim=action_dim, n_layer=m.n_layer, n_head=m.n_head,
+                      n_embd=m.n_embd, dropout=m.dropout, aux_hidden=m.aux_hidden, aux_dim=sum(aux_layout(spec)),
+                      aux_norm=m.aux_norm)
