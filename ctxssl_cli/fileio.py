@@ -21,6 +21,11 @@ def tmp_path_for(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+def discard(tmp: Path) -> None:
+    """Remove a temp file left by a failed write (no error if it is already gone)."""
+    Path(tmp).unlink(missing_ok=True)
+
+
 def commit(tmp: Path, final: Path) -> None:
     """fsync `tmp` then atomically move it over `final`: readers see the old or the new file, never a mix."""
     fsync_path(tmp)
@@ -28,10 +33,8 @@ def commit(tmp: Path, final: Path) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    tmp = tmp_path_for(path)
-    tmp.write_text(text)
-    commit(tmp, path)
+    """Write `text` (UTF-8) to `path` atomically; see atomic_write_bytes."""
+    atomic_write_bytes(path, text.encode())
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -40,3 +43,15 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically (temp name unique to this process, fsync, rename)."""
+    path = Path(path)
+    tmp = tmp_path_for(path)
+    try:
+        tmp.write_bytes(data)
+        commit(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -19,7 +19,21 @@ import yaml
 from ctxssl_cli.data.schema import ENVIRONMENTS
 from ctxssl_cli.errors import CtxsslError
 
-PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+
+
+def _presets_dir() -> Path:
+    """The presets shipped with the package (`ctxssl_cli.presets`, mapped from the repository's presets/ in
+    pyproject.toml); in a bare source tree that was never installed, the repository's presets/ folder."""
+    from importlib import resources
+
+    try:
+        root = resources.files("ctxssl_cli.presets")
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "presets"
+    return Path(str(root))
+
+
+PRESETS_DIR = _presets_dir()
 
 
 
