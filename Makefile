@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 CTXSSL := $(VENV)/bin/ctxssl
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test test-slow demo clean-venv
+.PHONY: setup test test-wheel test-slow demo clean-venv
 
 setup: $(STAMP)
 
@@ -15,9 +15,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# the fast suite, then the wheel check: build the wheel, install it into a throw-away venv, run the product there
 test: $(STAMP)
 	$(PY) -m pytest -q
+	$(MAKE) --no-print-directory test-wheel
 
+test-wheel: $(STAMP)
+	$(PY) tests/wheel_smoke.py
+
+# the long end-to-end checks (marked slow; left out of `make test`)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 

@@ -18,8 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import math
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, ContextManager, Protocol
 
 import numpy as np
 import torch
@@ -33,7 +37,7 @@ from ctxssl_cli.data.pairs import to_model_input
 from ctxssl_cli.data.rotations import relative_action
 from ctxssl_cli.data.schema import ACTION_DIM, revealed_mask
 from ctxssl_cli.errors import CtxsslError
-from ctxssl_cli.fileio import commit, tmp_path_for
+from ctxssl_cli.fileio import commit, discard, sha256_file, tmp_path_for
 from ctxssl_cli.runs import LoadedRun
 
 PROTOCOL_VERSION = "1"
@@ -42,6 +46,26 @@ MODE_ENV = {"rotation": "rotation", "color": "color", "none": "invariant"}  # wh
 DEFAULT_LENGTHS = (0, 2, 14, 30, 126)
 DEFAULT_CONTEXT_PAIRS = 64
 CONTEXT_SEED = 1234  # the fixed context of SPEC §4 is drawn with this seed from the train split
+MAX_BATCH_SIZE = 65536  # images per encoder batch; far above what fits a GPU at 224 px, so only typos hit it
+
+
+class ProgressLike(Protocol):
+    def advance(self, n: int = 1, text: str | None = None) -> None: ...
+
+
+# Makes one progress tracker per piece of work: `progress(label, total, unit=...)` used as a context manager,
+# e.g. the class ctxssl_cli.progress.Progress. The core never imports rich; None shows nothing.
+ProgressFactory = Callable[..., ContextManager[ProgressLike]]
+
+
+class _Silent:
+    def advance(self, n: int = 1, text: str | None = None) -> None:
+        pass
+
+
+def track(progress: ProgressFactory | None, label: str, total: int, unit: str = "") -> ContextManager[ProgressLike]:
+    """A progress tracker from `progress`, or a silent one."""
+    return progress(label, total, unit=unit, transient=True) if progress is not None else nullcontext(_Silent())
 
 
 def mode_mask(mode: str, action_dim: int = ACTION_DIM) -> torch.Tensor:
@@ -51,12 +75,21 @@ def mode_mask(mode: str, action_dim: int = ACTION_DIM) -> torch.Tensor:
     return revealed_mask(MODE_ENV[mode], action_dim).float()
 
 
-def check_lengths(lengths: list[int], block_size: int) -> list[int]:
+def check_modes(modes: list[str] | None) -> list[str]:
+    """The context modes, deduplicated in the given order (default: all three); unknown names are errors."""
+    modes = list(dict.fromkeys(modes or MODES))
+    for m in modes:
+        mode_mask(m)  # validates the name
+    return modes
+
+
+def check_lengths(lengths: list[int], block_size: int | None = None) -> list[int]:
+    """Sorted distinct context lengths: even, >= 0 and (when the block size is known) below it."""
     for c in lengths:
         if c < 0 or c % 2:
             raise CtxsslError(f"context length {c} is not an even number >= 0",
                               "context lengths count tokens, two per pair: use 0, 2, 14, ...")
-        if c >= block_size:
+        if block_size is not None and c >= block_size:
             raise CtxsslError(f"context length {c} is not smaller than the model's block size ({block_size})",
                               f"use a length <= {block_size - 2}")
     return sorted(set(lengths))
@@ -64,6 +97,46 @@ def check_lengths(lengths: list[int], block_size: int) -> list[int]:
 
 def default_lengths(block_size: int) -> list[int]:
     return [c for c in DEFAULT_LENGTHS if c < block_size]
+
+
+def check_int(option: str, value, low: int, high: int | None = None, fix: str = "") -> int:
+    """An integer option in [low, high]; bools, floats (nan/inf too) and out-of-range values are errors."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise CtxsslError(f"{option} {value!r} is not an integer", fix or f"pass a whole number >= {low}")
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise CtxsslError(f"{option} {value} is out of range", fix or f"use a number {bound}")
+    return value
+
+
+def check_float(option: str, value, low: float | None = None, positive: bool = False) -> float:
+    """A finite float option (nan and inf are errors), optionally > 0 or >= low."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise CtxsslError(f"{option} {value!r} is not a finite number", "pass a plain number (not nan or inf)")
+    if (positive and value <= 0) or (low is not None and value < low):
+        raise CtxsslError(f"{option} {value} is out of range", "use a number > 0" if positive else f"use a number >= {low}")
+    return float(value)
+
+
+def check_batch_size(value, option: str = "--batch-size") -> int:
+    return check_int(option, value, 1, MAX_BATCH_SIZE, f"use a number of images between 1 and {MAX_BATCH_SIZE}, e.g. 256")
+
+
+def check_out_file(path: Path) -> Path:
+    """An embeddings file to write: a .safetensors name, not a folder, in a place that can be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise CtxsslError(f"--out {path} is a folder", f"name a file in it, e.g. --out {path / 'val.safetensors'}")
+    if path.suffix != ".safetensors":
+        raise CtxsslError(f"--out {path} must end in .safetensors", f"e.g. --out {path.with_suffix('.safetensors')}")
+    parent = path.absolute().parent
+    while not parent.exists():  # the nearest folder that exists decides whether the rest can be made
+        parent = parent.parent
+    if not parent.is_dir():
+        raise CtxsslError(f"--out {path}: {parent} is a file, not a folder", "choose a path inside a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CtxsslError(f"--out {path}: folder {parent} is not writable", "choose a folder you can write to")
+    return path
 
 
 @dataclass
@@ -74,12 +147,44 @@ class Context:
     obj: np.ndarray
     view_a: np.ndarray
     view_b: np.ndarray
-    action: np.ndarray  # (P, 6) float32
+    action: np.ndarray  # (P, ACTION_DIM) float32
     source: str  # "default-seed-1234" or the file it came from
+    sha256: str | None = None  # of the context file; None for the default seeded context
+
+    @property
+    def kind(self) -> str:
+        return "default" if self.sha256 is None else "file"
 
     def describe(self) -> dict:
-        return {"split": self.split, "source": self.source, "pairs": [
-            [int(o), int(a), int(b)] for o, a, b in zip(self.obj, self.view_a, self.view_b)]}
+        """Everything that identifies the context (stored in embeddings files and reports)."""
+        return {"kind": self.kind, "split": self.split, "source": self.source, "sha256": self.sha256,
+                "n_pairs": int(len(self.obj)),
+                "pairs": [[int(o), int(a), int(b)] for o, a, b in zip(self.obj, self.view_a, self.view_b)]}
+
+    def label(self) -> str:
+        """One line for people: which context produced the numbers."""
+        return describe_context(self.describe())
+
+
+def describe_context(desc: dict) -> str:
+    """The one-line label of a context description (Context.describe(), or one read from a file)."""
+    n, split = desc.get("n_pairs", len(desc.get("pairs", []))), desc.get("split", "train")
+    if desc.get("kind", "default" if str(desc.get("source", "")).startswith("default-") else "file") == "default":
+        return f"default seeded context ({desc.get('source')}, {n} {split} pairs)"
+    return f"context file {desc.get('source')} (sha256 {str(desc.get('sha256'))[:12]}, {n} {split} pairs)"
+
+
+def context_from_description(run: LoadedRun, desc: dict) -> Context:
+    """Rebuild the context recorded in an embeddings file (its pairs, split and source) for this run."""
+    pairs = np.asarray(desc.get("pairs") or [], dtype=np.int64).reshape(-1, 3)
+    return _context_from(run, desc.get("split", "train"), pairs[:, 0], pairs[:, 1], pairs[:, 2],
+                         str(desc.get("source")), desc.get("sha256"))
+
+
+def check_context_covers(context: Context, lengths: list[int]) -> None:
+    if lengths and max(lengths) // 2 > len(context.obj):
+        raise CtxsslError(f"context length {max(lengths)} needs {max(lengths) // 2} pairs but the context has "
+                          f"{len(context.obj)}", "add pairs to the context file or use a shorter --context-length")
 
 
 def default_context(run: LoadedRun, n_pairs: int = DEFAULT_CONTEXT_PAIRS, seed: int = CONTEXT_SEED) -> Context:
@@ -94,11 +199,19 @@ def default_context(run: LoadedRun, n_pairs: int = DEFAULT_CONTEXT_PAIRS, seed: 
     return _context_from(run, "train", obj, va, vb, f"default-seed-{seed}")
 
 
-def _context_from(run: LoadedRun, split_name: str, obj, va, vb, source: str) -> Context:
+def _context_from(run: LoadedRun, split_name: str, obj, va, vb, source: str, sha256: str | None = None) -> Context:
     split = run.data.split(split_name)
     canonical = run.spec.data.canonical_quat
     action = relative_action(split.latents[obj, va], split.latents[obj, vb], canonical=canonical)
-    return Context(split_name, np.asarray(obj), np.asarray(va), np.asarray(vb), action, source)
+    return Context(split_name, np.asarray(obj), np.asarray(va), np.asarray(vb), action, source, sha256)
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error as one line: the problem and where (line, column)."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    what = getattr(e, "problem", None) or getattr(e, "reason", None) or type(e).__name__
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return " ".join(f"{what}{where}".split())
 
 
 def load_context_file(run: LoadedRun, path: Path) -> Context:
@@ -108,60 +221,77 @@ def load_context_file(run: LoadedRun, path: Path) -> Context:
         pairs:
           - {object: "02691156/1a04e3eab45ca15dd86060f189eb133", from: 3, to: 17}
           - {object: 12, from: 0, to: 5}     # an object index in the split also works
+
+    Read with yaml.safe_load only. Every problem is one line naming the file and the pair (numbered from 1).
     """
+    path = Path(path)
+    fix = "pass a YAML file as in the README's 'Context files' example"
+    if path.is_dir():
+        raise CtxsslError(f"context file {path} is a folder", fix)
     try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise CtxsslError(f"cannot read context file {path} ({e})", "pass a YAML file as in the README") from None
+        data = path.read_bytes()
+        raw = yaml.safe_load(data.decode("utf-8"))
+    except OSError as e:
+        raise CtxsslError(f"cannot read context file {path} ({e.strerror or e})", fix) from None
+    except UnicodeDecodeError as e:
+        raise CtxsslError(f"context file {path} is not a text file (byte {e.start} is not UTF-8)", fix) from None
+    except yaml.YAMLError as e:
+        raise CtxsslError(f"context file {path} is not valid YAML ({_yaml_problem(e)})", fix) from None
     if not isinstance(raw, dict) or not isinstance(raw.get("pairs"), list) or not raw["pairs"]:
-        raise CtxsslError(f"context file {path} has no 'pairs' list", "see the README's 'Context files' example")
+        got = "" if isinstance(raw, dict) else f" (it holds a {type(raw).__name__}, not a mapping)"
+        raise CtxsslError(f"context file {path} has no 'pairs' list{got}", "see the README's 'Context files' example")
     unknown = set(raw) - {"split", "pairs"}
     if unknown:
-        raise CtxsslError(f"context file {path}: unknown key '{sorted(unknown)[0]}'", "allowed keys: split, pairs")
+        raise CtxsslError(f"context file {path}: unknown key '{sorted(map(str, unknown))[0]}'",
+                          "allowed keys: split, pairs")
     split_name = raw.get("split", "train")
+    if not isinstance(split_name, str):
+        raise CtxsslError(f"context file {path}: split {split_name!r} is not a name", "use split: train or split: val")
     split = run.data.split(split_name)
     index = {oid: i for i, oid in enumerate(split.object_ids)}
     obj, va, vb = [], [], []
-    for k, p in enumerate(raw["pairs"]):
+    for k, p in enumerate(raw["pairs"], start=1):
+        where = f"context file {path}, pair {k}"
         if not isinstance(p, dict) or set(p) != {"object", "from", "to"}:
-            raise CtxsslError(f"context file {path}: pair {k} must have exactly the keys object, from, to",
+            raise CtxsslError(f"{where}: a pair must have exactly the keys object, from, to (got {p!r:.60})",
                               "e.g. {object: 12, from: 0, to: 5}")
         o = p["object"]
         if isinstance(o, int) and not isinstance(o, bool):
             if not 0 <= o < split.n_objects:
-                raise CtxsslError(f"context file {path}: pair {k} names object index {o}, but split "
-                                  f"'{split_name}' has {split.n_objects} objects", "use an index in range or an id")
+                raise CtxsslError(f"{where}: object index {o} is out of range: split '{split_name}' has "
+                                  f"{split.n_objects} objects", f"use an index 0..{split.n_objects - 1} or an id")
             oi = o
-        elif str(o) in index:
-            oi = index[str(o)]
+        elif isinstance(o, str) and o in index:
+            oi = index[o]
         else:
-            raise CtxsslError(f"context file {path}: pair {k} names object '{o}', which is not in split "
-                              f"'{split_name}'", "use an object id from the dataset's object list or an index")
+            raise CtxsslError(f"{where}: object {o!r} is not in split '{split_name}'",
+                              "use an object id from the dataset's object list or an index")
         for key in ("from", "to"):
             v = p[key]
             if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < split.n_views:
-                raise CtxsslError(f"context file {path}: pair {k} has {key}={v!r}",
+                raise CtxsslError(f"{where}: view {key}={v!r} is out of range",
                                   f"views are integers 0..{split.n_views - 1}")
         obj.append(oi), va.append(p["from"]), vb.append(p["to"])
-    return _context_from(run, split_name, np.array(obj), np.array(va), np.array(vb), str(path))
+    return _context_from(run, split_name, np.array(obj), np.array(va), np.array(vb), str(path),
+                         hashlib.sha256(data).hexdigest())
 
 
 @torch.no_grad()
 def encode_views(run: LoadedRun, split_name: str, obj: np.ndarray, view: np.ndarray, batch_size: int,
-                 progress=None, label: str = "encode") -> torch.Tensor:
+                 progress: ProgressFactory | None = None, label: str = "encode") -> torch.Tensor:
     """Encoder features for the given (object, view) pairs, in order: (len(obj), F) float32 on the CPU."""
+    batch_size = check_batch_size(batch_size, "batch size")
     split = run.data.split(split_name)
     mean, std = run.meta.get("mean", run.data.mean), run.meta.get("std", run.data.std)
     out = []
-    task = progress.add_task(label, total=len(obj)) if progress is not None else None
-    for s in range(0, len(obj), batch_size):
-        imgs = split.images(obj[s:s + batch_size], view[s:s + batch_size]).to(run.device, non_blocking=True)
-        x = to_model_input(imgs, mean, std, run.resolution)
-        with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.device.type == "cuda"):
-            h = run.model.encode(x)
-        out.append(h.float().cpu())
-        if task is not None:
-            progress.advance(task, len(x))
+    with track(progress, label, len(obj), unit="img") as bar:
+        for s in range(0, len(obj), batch_size):
+            imgs = split.images(obj[s:s + batch_size], view[s:s + batch_size]).to(run.device, non_blocking=True)
+            x = to_model_input(imgs, mean, std, run.resolution)
+            with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.device.type == "cuda"):
+                h = run.model.encode(x)
+            out.append(h.float().cpu())
+            bar.advance(len(x))
     return torch.cat(out) if out else torch.zeros(0, run.model.feature_dim)
 
 
@@ -177,8 +307,11 @@ def _queries(run: LoadedRun, h: torch.Tensor, action: torch.Tensor | None, cache
 
 def embed_split(run: LoadedRun, split_name: str, modes: list[str], lengths: list[int], context: Context,
                 views_per_object: int | None = None, retrieval: bool = False, batch_size: int = 256,
-                seed: int = 0, progress=None) -> dict[str, torch.Tensor]:
-    """All tensors of an embeddings file for one split (see the module docstring)."""
+                seed: int = 0, progress: ProgressFactory | None = None) -> dict[str, torch.Tensor]:
+    """All tensors of an embeddings file for one split (see the module docstring).
+
+    `progress` makes a tracker per stage (encoding the split, then the contexts); see ProgressFactory."""
+    check_context_covers(context, lengths)
     split = run.data.split(split_name)
     n, v_all = split.n_objects, split.n_views
     if views_per_object and views_per_object < v_all:
@@ -202,18 +335,17 @@ def embed_split(run: LoadedRun, split_name: str, modes: list[str], lengths: list
         rel = relative_action(np.repeat(lat[:, :1], v, axis=1), lat, canonical=run.spec.data.canonical_quat)
         q_action = torch.as_tensor(rel.reshape(n * v, -1))  # view 0 -> view j, for every j
         h0 = h.reshape(n, v, -1)[:, 0].repeat_interleave(v, dim=0)  # (n*v, F): view 0 repeated
-    task = progress.add_task(f"context {split_name}", total=len(modes) * len(lengths)) if progress is not None else None
-    for mode in modes:
-        keep = mode_mask(mode, run.action_dim).to(run.device)
-        for c in lengths:
-            k = c // 2
-            cache = run.model.build_context(ctx_hx[:k], ctx_hy[:k], ctx_action[:k] * keep)
-            tensors[f"z.{mode}.{c}"] = _queries(run, h, None, cache, 4 * batch_size).reshape(n, v, -1)
-            if retrieval:
-                qa = q_action * keep.cpu()
-                tensors[f"q.{mode}.{c}"] = _queries(run, h0, qa, cache, 4 * batch_size).reshape(n, v, -1)
-            if task is not None:
-                progress.advance(task)
+    with track(progress, f"contexts {split_name}", len(modes) * len(lengths)) as bar:
+        for mode in modes:
+            keep = mode_mask(mode, run.action_dim).to(run.device)
+            for c in lengths:
+                k = c // 2
+                cache = run.model.build_context(ctx_hx[:k], ctx_hy[:k], ctx_action[:k] * keep)
+                tensors[f"z.{mode}.{c}"] = _queries(run, h, None, cache, 4 * batch_size).reshape(n, v, -1)
+                if retrieval:
+                    qa = q_action * keep.cpu()
+                    tensors[f"q.{mode}.{c}"] = _queries(run, h0, qa, cache, 4 * batch_size).reshape(n, v, -1)
+                bar.advance(1, f"{mode}@{c}")
     tensors["latents"] = torch.as_tensor(split.latents[:, views].copy())
     tensors["labels"] = torch.as_tensor(split.labels.astype(np.int64))
     tensors["objects"] = torch.arange(n, dtype=torch.int64)
@@ -238,26 +370,35 @@ def embeddings_metadata(run: LoadedRun, split: str, modes, lengths, context: Con
         "retrieval": str(bool(retrieval)),
         "views_per_object": str(views_per_object or 0),
         "context": json.dumps(context.describe()),
+        "context_source": context.label(),
     }
 
 
 def cache_key(meta: dict[str, str]) -> str:
     """A short hash of everything that determines an embeddings file's contents."""
     fields = ("protocol_version", "checkpoint_sha256", "data_manifest_sha256", "split", "modes", "lengths",
-              "retrieval", "views_per_object", "context")
+              "retrieval", "views_per_object", "context", "context_source")
     return hashlib.sha256(json.dumps([meta[f] for f in fields]).encode()).hexdigest()[:16]
 
 
 def save_embeddings(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise CtxsslError(f"--out {path} must end in .safetensors", f"e.g. --out {path.with_suffix('.safetensors')}")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = check_out_file(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CtxsslError(f"cannot make the folder of {path} ({e.strerror or e})", "choose another --out") from None
     tensors = {k: t.contiguous() for k, t in tensors.items()}
     meta = {**meta, "content_sha256": content_hash(tensors)}
     tmp = tmp_path_for(path)
-    save_file(tensors, str(tmp), metadata=meta)
-    commit(tmp, path)
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        commit(tmp, path)
+    except BaseException as e:  # a failure or Ctrl-C: no half-written temp file stays behind
+        discard(tmp)
+        if isinstance(e, OSError):
+            raise CtxsslError(f"cannot write embeddings file {path} ({e.strerror or e})",
+                              "check the folder's permissions and free disk space, or pass another --out") from e
+        raise
 
 
 def load_embeddings(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -265,3 +406,72 @@ def load_embeddings(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
     if not path.is_file():
         raise CtxsslError(f"embeddings file {path} does not exist", "make it with `ctxssl embed`")
     return read_verified(path, "ctxssl-embeddings", "embeddings file", "make it again with `ctxssl embed`")
+
+
+# ---- `ctxssl embed` end to end ---------------------------------------------------------------------------
+@dataclass
+class EmbedSettings:
+    """What `ctxssl embed` was asked for; checked on construction, before any run is loaded."""
+
+    split: str = "val"
+    modes: list[str] | None = None  # None: all three
+    lengths: list[int] | None = None  # None: DEFAULT_LENGTHS below the run's block size
+    context_pairs: Path | None = None  # a context file; None: the default seeded context
+    views_per_object: int = 0  # 0: every view
+    retrieval: bool = False
+    batch_size: int = 256  # images per encoder batch
+    out: Path | None = None  # None: RUN/embeddings/<split>-<cache key>.safetensors
+
+    def __post_init__(self):
+        if not isinstance(self.split, str) or not self.split:
+            raise CtxsslError(f"--split {self.split!r} is not a split name", "use --split train or --split val")
+        self.modes = check_modes(self.modes)
+        if self.lengths:
+            self.lengths = check_lengths(list(self.lengths))
+        self.views_per_object = check_int("--views-per-object", self.views_per_object, 0, None,
+                                          "use 0 (every view) or a positive number of views")
+        self.batch_size = check_batch_size(self.batch_size)
+        if self.context_pairs is not None and not Path(self.context_pairs).is_file():
+            what = "is a folder" if Path(self.context_pairs).is_dir() else "does not exist"
+            raise CtxsslError(f"--context-pairs {self.context_pairs} {what}",
+                              "pass a YAML file as in the README's 'Context files' example")
+        if self.out is not None:
+            self.out = check_out_file(self.out)
+
+
+@dataclass
+class EmbedResult:
+    path: Path
+    shape: tuple[int, int, int]  # (objects, views, feature dim)
+    modes: list[str]
+    lengths: list[int]
+    context: Context
+    run: LoadedRun = field(repr=False)
+
+
+def embed_run(checkpoint: Path, data: Path | None, device: str, settings: EmbedSettings,
+              progress: ProgressFactory | None = None, log: Callable[[str], None] = lambda msg: None) -> EmbedResult:
+    """Load the run, check the settings against it, embed the split and write the embeddings file."""
+    from ctxssl_cli.devices import resolve_device
+    from ctxssl_cli.runs import load_run
+
+    run = load_run(checkpoint, data, resolve_device(device))
+    block = run.spec.model.block_size
+    lengths = check_lengths(settings.lengths or default_lengths(block), block)
+    split = run.data.split(settings.split)
+    if settings.views_per_object > split.n_views:
+        raise CtxsslError(f"--views-per-object {settings.views_per_object} is more than the {split.n_views} views "
+                          f"of split '{settings.split}'", f"use 0 (every view) or a number up to {split.n_views}")
+    context = load_context_file(run, settings.context_pairs) if settings.context_pairs else default_context(run)
+    check_context_covers(context, lengths)
+    vpo = settings.views_per_object or None
+    meta = embeddings_metadata(run, settings.split, settings.modes, lengths, context, settings.retrieval, vpo)
+    target = settings.out or (run.checkpoint.parent / "embeddings" / f"{settings.split}-{cache_key(meta)}.safetensors")
+    target = check_out_file(target)
+    log(f"checkpoint: {run.checkpoint} (step {run.step})  data: {run.data.root}  split: {settings.split}")
+    log(f"context: {context.label()}")
+    tensors = embed_split(run, settings.split, settings.modes, lengths, context, vpo, settings.retrieval,
+                          settings.batch_size, progress=progress)
+    save_embeddings(target, tensors, meta)
+    n, v, f = tensors["h"].shape
+    return EmbedResult(target, (n, v, f), settings.modes, lengths, context, run)

@@ -10,8 +10,14 @@ import os
 from pathlib import Path
 
 
+def _env_dir(name: str, default: Path | str) -> Path:
+    """$name as a folder; unset or empty (CTXSSL_HOME="") both mean the default, never the current folder."""
+    value = os.environ.get(name, "").strip()
+    return Path(value or default).expanduser()
+
+
 def home() -> Path:
-    return Path(os.environ.get("CTXSSL_HOME", Path.home() / ".cache" / "ctxssl")).expanduser()
+    return _env_dir("CTXSSL_HOME", Path.home() / ".cache" / "ctxssl")
 
 
 def default_synthetic_dir() -> Path:
@@ -20,4 +26,16 @@ def default_synthetic_dir() -> Path:
 
 
 def runs_dir() -> Path:
-    return Path(os.environ.get("CTXSSL_RUNS", "runs")).expanduser()
+    return _env_dir("CTXSSL_RUNS", "runs")
+
+
+def latest_run(runs: Path | None = None) -> Path:
+    """The most recently started run (by its spec.yaml time) under the runs folder."""
+    from ctxssl_cli.errors import CtxsslError
+
+    runs = runs or runs_dir()
+    cands = [p.parent for p in runs.glob("*/spec.yaml")] if runs.is_dir() else []
+    if not cands:
+        raise CtxsslError(f"no run found under {runs.resolve()}",
+                          "train one first (ctxssl pretrain --preset demo) or pass --checkpoint RUN_DIR")
+    return max(cands, key=lambda p: (p / "spec.yaml").stat().st_mtime)

@@ -135,7 +135,7 @@ def _as_renderer_version(root, version):
 
 def test_a_dataset_from_an_older_renderer_is_refused_by_prepare_and_pretrain(tmp_path, monkeypatch):
     from ctxssl_cli import paths
-    from ctxssl_cli.cli.pretrain import resolve_data
+    from ctxssl_cli.train.launch import resolve_data
     from ctxssl_cli.cli.prepare import synthetic
 
     d = tmp_path / "home" / "datasets" / "synthetic"

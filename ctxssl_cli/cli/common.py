@@ -10,8 +10,7 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
-from ctxssl_cli import paths
-from ctxssl_cli.errors import CtxsslError
+from ctxssl_cli.paths import latest_run  # noqa: F401  (the commands import it from here)
 
 # Results go to stdout; progress, logs and errors to stderr (so `ctxssl evaluate > table.txt` stays clean).
 out = Console()
@@ -30,16 +29,6 @@ def progress_bar(transient: bool = False) -> Progress:
         console=err,
         transient=transient,
     )
-
-
-def latest_run(runs: Path | None = None) -> Path:
-    """The most recently started run (by its spec.yaml time) under the runs folder."""
-    runs = runs or paths.runs_dir()
-    cands = [p.parent for p in runs.glob("*/spec.yaml")] if runs.is_dir() else []
-    if not cands:
-        raise CtxsslError(f"no run found under {runs.resolve()}",
-                          "train one first (ctxssl pretrain --preset demo) or pass --checkpoint RUN_DIR")
-    return max(cands, key=lambda p: (p / "spec.yaml").stat().st_mtime)
 
 
 # Shared option aliases -------------------------------------------------------------------------------------

@@ -7,8 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ctxssl_cli.cli.common import CheckpointOpt, ContextLengthOpt, DataOpt, DeviceOpt, err, latest_run, out, progress_bar
-from ctxssl_cli.errors import CtxsslError
+from ctxssl_cli.cli.common import CheckpointOpt, ContextLengthOpt, DataOpt, DeviceOpt, err, latest_run, out
 
 
 def embed(
@@ -25,31 +24,15 @@ def embed(
     out_file: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output .safetensors. Default: RUN/embeddings/<split>-<hash>.safetensors.")] = None,
 ) -> None:
     """Embed every view of a split: features h and outputs z per context mode and length, one encoder pass."""
-    from ctxssl_cli import embed as E
-    from ctxssl_cli.runs import load_run
-    from ctxssl_cli.devices import resolve_device
+    from ctxssl_cli.embed import EmbedSettings, embed_run
+    from ctxssl_cli.progress import Progress
 
-    ckpt = checkpoint or latest_run()
-    run = load_run(ckpt, data, resolve_device(device))
-    modes = list(dict.fromkeys(context_mode or E.MODES))
-    for m in modes:
-        E.mode_mask(m)  # validates the name
-    lengths = E.check_lengths(context_length if context_length else E.default_lengths(run.spec.model.block_size),
-                              run.spec.model.block_size)
-    context = E.load_context_file(run, context_pairs) if context_pairs else E.default_context(run)
-    if max(lengths) // 2 > len(context.obj):
-        raise CtxsslError(f"context length {max(lengths)} needs {max(lengths) // 2} pairs but the context has "
-                          f"{len(context.obj)}", "add pairs to the context file or use a shorter --context-length")
-    meta = E.embeddings_metadata(run, split, modes, lengths, context, retrieval, views_per_object)
-    target = out_file or (run.checkpoint.parent / "embeddings" / f"{split}-{E.cache_key(meta)}.safetensors")
-    if target.suffix != ".safetensors":
-        raise CtxsslError(f"--out {target} must end in .safetensors", f"e.g. --out {target.with_suffix('.safetensors')}")
-    err.print(f"checkpoint: {run.checkpoint} (step {run.step})  data: {run.data.root}  split: {split}")
-    with progress_bar(transient=True) as bar:
-        tensors = E.embed_split(run, split, modes, lengths, context, views_per_object or None, retrieval,
-                                batch_size, progress=bar)
-    E.save_embeddings(target, tensors, meta)
-    n, v, f = tensors["h"].shape
-    out.print(f"embeddings: {target}")
-    out.print(f"views: {n} objects x {v} views, feature dim {f}; modes: {', '.join(modes)}; "
-              f"context lengths: {', '.join(map(str, lengths))}")
+    settings = EmbedSettings(split=split, modes=context_mode, lengths=context_length, context_pairs=context_pairs,
+                             views_per_object=views_per_object, retrieval=retrieval, batch_size=batch_size,
+                             out=out_file)  # checks every option before the run is loaded
+    result = embed_run(checkpoint or latest_run(), data, device, settings, progress=Progress, log=err.print)
+    n, v, f = result.shape
+    out.print(f"embeddings: {result.path}")
+    out.print(f"views: {n} objects x {v} views, feature dim {f}; modes: {', '.join(result.modes)}; "
+              f"context lengths: {', '.join(map(str, result.lengths))}")
+    out.print(f"context: {result.context.label()}")

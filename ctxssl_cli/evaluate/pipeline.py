@@ -7,25 +7,39 @@ split. Evaluation pairs and probe initialisations are fixed by seeds; no sample 
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
-from ctxssl_cli import embed as E
-from ctxssl_cli.data.rotations import COLOR_SLICE, ROTATION_SLICE, euler_xyz_to_matrix, relative_action
+from ctxssl_cli.data.rotations import euler_xyz_to_matrix, relative_action
+from ctxssl_cli.data.schema import COLOR, ROTATION
+from ctxssl_cli.embed import (MODES, Context, ProgressFactory, cache_key, check_batch_size, check_context_covers,
+                              check_float, check_int, check_lengths, check_modes, context_from_description,
+                              default_context, default_lengths, describe_context, embed_split, embeddings_metadata,
+                              load_embeddings, save_embeddings, track)
 from ctxssl_cli.errors import CtxsslError
 from ctxssl_cli.evaluate.metrics import knn_top1, mrr_hits, retrieval_ranks, variance_share
 from ctxssl_cli.evaluate.probes import ProbeSettings, eval_pairs, fit_pair_probe, linear_probe_top1
 from ctxssl_cli.runs import LoadedRun
 
+# Columns of a view's latent row (see data/schema.py's docstring): rotation x, y, z (Euler), floor hue, light
+# theta, light phi, light hue. Local until schema.py names them.
+LATENT_ROTATION = slice(0, 3)
+LATENT_HUES = [3, 6]  # floor hue, light hue
+R2_KINDS = ("sklearn", "paper")
+
 
 @dataclass
 class EvalSettings:
-    lengths: list[int]
-    modes: list[str] = field(default_factory=lambda: list(E.MODES))
+    """The protocol's settings; checked on construction (before any run is loaded)."""
+
+    lengths: list[int] | None = None  # None: DEFAULT_LENGTHS below the run's block size
+    modes: list[str] = field(default_factory=lambda: list(MODES))
     r2_kind: str = "sklearn"  # "sklearn" (variance-weighted, per-dimension means) or "paper" (one global mean)
     train_views_per_object: int = 10  # train views embedded per object for the probes (seeded subset)
     pairs_per_object: int = 10  # fixed (seeded) view pairs per object for the R² probes, train and val
@@ -35,12 +49,28 @@ class EvalSettings:
     probe: ProbeSettings = field(default_factory=ProbeSettings)
     batch_size: int = 256
 
+    def __post_init__(self):
+        if self.r2_kind not in R2_KINDS:
+            raise CtxsslError(f"unknown --r2 '{self.r2_kind}'", "use --r2 sklearn or --r2 paper")
+        if self.lengths:
+            self.lengths = check_lengths(list(self.lengths))
+        self.modes = check_modes(self.modes)
+        self.train_views_per_object = check_int("train views per object", self.train_views_per_object, 2)
+        self.pairs_per_object = check_int("pairs per object", self.pairs_per_object, 1)
+        self.knn_k = check_int("kNN k", self.knn_k, 1)
+        self.knn_t = check_float("kNN temperature", self.knn_t, positive=True)
+        self.batch_size = check_batch_size(self.batch_size, "batch size")
 
-def _embeddings(run: LoadedRun, split: str, s: EvalSettings, context: E.Context, given: dict, cache_dir: Path,
+    def for_block_size(self, block_size: int) -> "EvalSettings":
+        """These settings with the lengths checked against (or defaulted for) a model's block size."""
+        return replace(self, lengths=check_lengths(self.lengths or default_lengths(block_size), block_size))
+
+
+def _embeddings(run: LoadedRun, split: str, s: EvalSettings, context: Context, given: dict, cache_dir: Path,
                 progress, timings: dict) -> dict[str, torch.Tensor]:
     retrieval = split == "val"
     vpo = s.train_views_per_object if split == "train" else None
-    meta = E.embeddings_metadata(run, split, s.modes, s.lengths, context, retrieval, vpo)
+    meta = embeddings_metadata(run, split, s.modes, s.lengths, context, retrieval, vpo)
     if split in given:
         tensors, gmeta = given[split]
         missing = [f"z.{m}.{c}" for m in s.modes for c in s.lengths if f"z.{m}.{c}" not in tensors]
@@ -48,30 +78,70 @@ def _embeddings(run: LoadedRun, split: str, s: EvalSettings, context: E.Context,
             raise CtxsslError(f"the given {split} embeddings lack {missing[0] if missing else 'retrieval queries'}",
                               "embed with the same modes and lengths (and --retrieval for val), or omit --embeddings")
         return tensors
-    path = cache_dir / f"{split}-{E.cache_key(meta)}.safetensors"
+    path = cache_dir / f"{split}-{cache_key(meta)}.safetensors"
     if path.is_file():
-        tensors, _ = E.load_embeddings(path)
+        tensors, _ = load_embeddings(path)
         return tensors
     t0 = time.perf_counter()
-    tensors = E.embed_split(run, split, s.modes, s.lengths, context, vpo, retrieval, s.batch_size, progress=progress)
+    tensors = embed_split(run, split, s.modes, s.lengths, context, vpo, retrieval, s.batch_size, progress=progress)
     timings[f"embed_{split}_s"] = time.perf_counter() - t0
-    E.save_embeddings(path, tensors, meta)
+    save_embeddings(path, tensors, meta)
     return tensors
 
 
+def file_context(meta: dict[str, str]) -> dict:
+    """The context description stored in an embeddings file (older files: the default seeded context)."""
+    try:
+        desc = json.loads(meta.get("context") or "{}")
+    except json.JSONDecodeError:
+        desc = {}
+    if not isinstance(desc, dict) or not desc.get("pairs"):
+        return {}
+    desc.setdefault("kind", "default" if str(desc.get("source", "")).startswith("default-") else "file")
+    desc.setdefault("n_pairs", len(desc["pairs"]))
+    return desc
+
+
 def check_given(run: LoadedRun, files: list[Path]) -> dict:
-    """Embeddings files passed with --embeddings: they must come from this checkpoint and dataset."""
+    """Embeddings files passed with --embeddings: they must come from this checkpoint and dataset, be one per
+    split (train, val), and share one context."""
     given = {}
     for f in files:
-        tensors, meta = E.load_embeddings(f)
+        tensors, meta = load_embeddings(f)
         if meta.get("checkpoint_sha256") != run.checkpoint_sha256:
             raise CtxsslError(f"{f} was made from another checkpoint ({meta.get('checkpoint', '?')})",
                               "embed again with this checkpoint, or omit --embeddings to compute them")
         if meta.get("data_manifest_sha256") != run.data.manifest_sha256:
             raise CtxsslError(f"{f} was made from another dataset ({meta.get('data', '?')})",
                               "embed again with this dataset, or omit --embeddings")
-        given[meta["split"]] = (tensors, meta)
-    return given
+        split = meta.get("split")
+        if split not in ("train", "val"):
+            raise CtxsslError(f"{f} holds split {split!r}; evaluate uses train and val embeddings",
+                              "pass embeddings of the train and/or val split")
+        if split in given:
+            raise CtxsslError(f"two --embeddings files are of split {split} ({given[split][2]} and {f})",
+                              "pass at most one file per split")
+        given[split] = (tensors, meta, f)
+    contexts = {split: file_context(meta) for split, (_, meta, _) in given.items()}
+    if len(given) == 2 and _context_key(contexts["train"]) != _context_key(contexts["val"]):
+        raise CtxsslError(f"the --embeddings files were made with different contexts: train "
+                          f"({given['train'][2]}) with {describe_context(contexts['train'])}, val ({given['val'][2]}) "
+                          f"with {describe_context(contexts['val'])}",
+                          "embed both splits with the same --context-pairs (or both with the default context)")
+    return {split: (tensors, meta) for split, (tensors, meta, _) in given.items()}
+
+
+def _context_key(desc: dict) -> tuple:
+    return desc.get("split"), desc.get("pairs"), desc.get("sha256") if desc.get("kind") == "file" else None
+
+
+def given_context(run: LoadedRun, given: dict) -> Context:
+    """The context of the given embeddings files (all share one), else the default seeded context."""
+    for _, meta in given.values():
+        desc = file_context(meta)
+        if desc:
+            return context_from_description(run, desc)
+    return default_context(run)
 
 
 def _pair_arrays(t: dict[str, torch.Tensor], key: str, pairs, canonical: bool):
@@ -86,8 +156,9 @@ def factor_features(latents: np.ndarray) -> dict[str, np.ndarray]:
     """Per-view features of each latent factor, continuous and wrap-free, for `variance_share`: rotation ->
     its 3x3 matrix (9), color -> cos and sin of 2 pi x (floor hue, light hue) (4). latents (..., 7) -> (M, K)."""
     lat = latents.reshape(-1, latents.shape[-1]).astype(np.float64)
-    ang = 2 * np.pi * lat[:, [3, 6]]
-    return {"rotation": euler_xyz_to_matrix(lat[:, :3]).reshape(-1, 9), "color": np.c_[np.cos(ang), np.sin(ang)]}
+    ang = 2 * np.pi * lat[:, LATENT_HUES]
+    return {"rotation": euler_xyz_to_matrix(lat[:, LATENT_ROTATION]).reshape(-1, 9),
+            "color": np.c_[np.cos(ang), np.sin(ang)]}
 
 
 def _put(section: dict, name: str, value) -> None:
@@ -99,12 +170,17 @@ def _put(section: dict, name: str, value) -> None:
         section.setdefault(m, {})[c] = value
 
 
-def evaluate_run(run: LoadedRun, s: EvalSettings, given_files: list[Path], cache_dir: Path, progress=None,
-                 log=lambda msg: None) -> dict:
+def evaluate_run(run: LoadedRun, s: EvalSettings, given_files: list[Path], cache_dir: Path,
+                 progress: ProgressFactory | None = None, log: Callable[[str], None] = lambda msg: None) -> dict:
+    """Every metric of the protocol on `run` -> the report dict (see report.py). `progress` makes one tracker
+    per stage (embedding each split, then the probes); see embed.ProgressFactory."""
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
-    context = E.default_context(run)
+    s = s.for_block_size(run.spec.model.block_size)
     given = check_given(run, given_files)
+    context = given_context(run, given)
+    check_context_covers(context, s.lengths)
+    log(f"context: {context.label()}")
     tr = _embeddings(run, "train", s, context, given, cache_dir, progress, timings)
     va = _embeddings(run, "val", s, context, given, cache_dir, progress, timings)
     canonical = run.spec.data.canonical_quat
@@ -120,9 +196,9 @@ def evaluate_run(run: LoadedRun, s: EvalSettings, given_files: list[Path], cache
     for name, key in keys.items():
         a1, a2, at = _pair_arrays(tr, key, tr_pairs, canonical)
         b1, b2, bt = _pair_arrays(va, key, va_pairs, canonical)
-        rot = fit_pair_probe(a1, a2, at[:, ROTATION_SLICE], b1, b2, bt[:, ROTATION_SLICE], "mlp", s.probe,
+        rot = fit_pair_probe(a1, a2, at[:, list(ROTATION)], b1, b2, bt[:, list(ROTATION)], "mlp", s.probe,
                              s.r2_kind, device=str(run.device))
-        col = fit_pair_probe(a1, a2, at[:, COLOR_SLICE], b1, b2, bt[:, COLOR_SLICE], "linear", s.probe,
+        col = fit_pair_probe(a1, a2, at[:, list(COLOR)], b1, b2, bt[:, list(COLOR)], "linear", s.probe,
                              s.r2_kind, device=str(run.device))
         _put(report["r2"], name, {"rotation": rot["r2"], "color": col["r2"]})
         log(f"R² {name}: rotation {rot['r2']:.3f}  color {col['r2']:.3f}")
@@ -173,9 +249,12 @@ def evaluate_run(run: LoadedRun, s: EvalSettings, given_files: list[Path], cache
                  "val_views": int(v_va)},
         "settings": {**{k: v for k, v in asdict(s).items() if k != "probe"}, "probe": asdict(s.probe),
                      "context": context.source, "context_pairs": int(len(context.obj)),
+                     "context_sha256": context.sha256,
                      "r2_definition": ("sklearn r2_score, multioutput='variance_weighted' (per-dimension target means)"
                                        if s.r2_kind == "sklearn" else
                                        "paper: 1 - SSE / sum of squares around ONE global target mean")},
+        "context": {"label": context.label(), "kind": context.kind, "source": context.source,
+                    "sha256": context.sha256, "split": context.split, "pairs": int(len(context.obj))},
         "timings": timings,
     }
     return report

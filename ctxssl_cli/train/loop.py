@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,6 +29,7 @@ from ctxssl_cli.data.pairs import PairBatchDataset, PairSampler
 from ctxssl_cli.data.prepared import PreparedDataset
 from ctxssl_cli.errors import CtxsslError, NonFiniteLossError
 from ctxssl_cli.fileio import atomic_write_text
+from ctxssl_cli.progress import Progress
 from ctxssl_cli.data.schema import ACTION_DIM
 from ctxssl_cli.model.build import build_model
 from ctxssl_cli.spec import RunSpec, spec_from_yaml_text, stored_meta, to_yaml
@@ -41,6 +44,24 @@ LOG_NAME = "train.log"
 # the run is observed, not what one step computes).
 RESUMABLE_CHANGES = {"train.epochs", "train.max_steps", "train.checkpoint_every", "train.log_every",
                      "data.workers", "data.path"}
+# Optimisation keys that --resume --set may change (e.g. a lower lr or a grad clip after a non-finite loss): the
+# run's spec records each change and the step it took effect (meta.changes).
+OPTIMISATION_CHANGES = {"train.lr", "train.grad_clip", "train.max_steps"}
+# What a run folder may hold: the files the trainer writes and the folders embed/evaluate add to it.
+RUN_ENTRIES = {SPEC_NAME, CHECKPOINT_NAME, METRICS_NAME, LOG_NAME, "embeddings", "eval"}
+
+
+def resume_command(run_dir: Path, extra: list[str] | None = None, device: str = "auto") -> str:
+    """The command that continues a run exactly: its own spec.yaml as the preset (it holds every --set the run
+    was started with and its dataset path), the run folder, --resume."""
+    cmd = ["ctxssl", "pretrain", "--preset", str(Path(run_dir) / SPEC_NAME), "--out", str(run_dir), "--resume"]
+    if device != "auto":
+        cmd += ["--device", device]
+    return shlex.join(cmd + list(extra or []))
+
+
+def resume_hint(run_dir: Path, lr: float) -> str:
+    return resume_command(run_dir, ["--set", f"train.lr={lr / 10:g}", "--set", "train.grad_clip=1.0"])
 
 
 def git_sha() -> str:
@@ -52,7 +73,8 @@ def git_sha() -> str:
         return "unknown"
 
 
-def run_meta(spec: RunSpec, data: PreparedDataset, resolution: int, device: torch.device, world: int) -> dict:
+def run_meta(spec: RunSpec, data: PreparedDataset, resolution: int, device: torch.device, world: int,
+             changes: list | None = None) -> dict:
     return {
         "data_path": str(data.root.resolve()),
         "data_manifest_sha256": data.manifest_sha256,
@@ -67,6 +89,7 @@ def run_meta(spec: RunSpec, data: PreparedDataset, resolution: int, device: torc
         "python": sys.version.split()[0],
         "device": str(device),
         "world_size": world,
+        "changes": list(changes or []),  # spec keys changed on --resume: {step, key, from, to}
     }
 
 
@@ -123,46 +146,117 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
-def prepare_run_dir(run_dir: Path, spec: RunSpec, resume: bool, data: PreparedDataset | None = None) -> RunSpec:
-    """Check the run folder against --resume (and, when resuming, `data` against the dataset the checkpoint
-    was trained on); returns the spec to train with."""
+def _is_ours(entry: Path) -> bool:
+    """An entry a ctxssl run folder may hold: its files, embed/evaluate outputs, our temp files."""
+    return entry.name in RUN_ENTRIES or (entry.name.startswith(".") and ".tmp-" in entry.name)
+
+
+def claim_run_dir(run_dir: Path, resume: bool, overwrite: bool = False, remove: bool = True) -> None:
+    """Decide what may happen to `run_dir` before any work (no dataset is rendered for a folder we refuse).
+
+    --resume needs a checkpoint. A new run needs a new or empty folder, or one left by a start that failed before
+    its first checkpoint; a folder holding a run is replaced only with `overwrite` (its files are removed here
+    unless `remove` is False: a check only); a folder holding anything that is not a ctxssl run is never written
+    into.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CtxsslError(f"--out {run_dir} is a file, not a folder", "choose a folder path for --out")
+    entries = sorted(run_dir.iterdir()) if run_dir.is_dir() else []
+    foreign = [e.name for e in entries if not _is_ours(e)]
+    if foreign:
+        raise CtxsslError(f"--out {run_dir} holds files that are not part of a ctxssl run "
+                          f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''})",
+                          "choose an empty or new folder for --out; ctxssl never overwrites files it did not write")
     ckpt = run_dir / CHECKPOINT_NAME
     if resume:
+        if overwrite:
+            raise CtxsslError("--resume and --overwrite contradict each other",
+                              "pass --resume to continue the run, or --overwrite to start it again")
         if not ckpt.is_file():
             raise CtxsslError(f"--resume: {run_dir} holds no {CHECKPOINT_NAME}",
                               "check --out, or drop --resume to start a new run")
-        stored_yaml = load_checkpoint(ckpt, verify=False).spec_yaml
+        return
+    if ckpt.exists():
+        if not overwrite:
+            pos = load_checkpoint(ckpt, verify=False).meta
+            state = ("a finished run" if pos.get("step") == pos.get("total_steps")
+                     else f"a run stopped at step {pos.get('step')} of {pos.get('total_steps')}")
+            raise CtxsslError(f"{run_dir} already holds a run ({state})",
+                              "pass --resume to continue it, --overwrite to replace it, or choose another --out")
+        for e in entries if remove else ():
+            shutil.rmtree(e) if e.is_dir() else e.unlink()
+
+
+def prepare_run_dir(run_dir: Path, spec: RunSpec, resume: bool, data: PreparedDataset | None = None,
+                    overwrite: bool = False) -> list:
+    """Check the run folder against --resume (and, when resuming, `spec` and `data` against what the checkpoint
+    was trained with). Returns the run's spec-change history (meta.changes), with this resume's changes added."""
+    claim_run_dir(run_dir, resume, overwrite)
+    ckpt = run_dir / CHECKPOINT_NAME
+    if resume:
+        stored_ckpt = load_checkpoint(ckpt, verify=False)
+        stored_yaml = stored_ckpt.spec_yaml
         stored = spec_from_yaml_text(stored_yaml)
-        changed = [k for k in diff_specs(stored, spec) if k not in RESUMABLE_CHANGES]
+        changed_keys = diff_specs(stored, spec)
+        changed = [k for k in changed_keys if k not in RESUMABLE_CHANGES | OPTIMISATION_CHANGES]
         if changed:
             raise CtxsslError(f"--resume: the command's spec differs from the run's in {', '.join(changed)}",
-                              f"resume with the run's spec ({run_dir / SPEC_NAME}) or start a new run")
-        trained_on = stored_meta(stored_yaml).get("data_manifest_sha256")
+                              f"resume with the run's spec (--preset {run_dir / SPEC_NAME}) or start a new run; "
+                              f"--resume may change only {', '.join(sorted(RESUMABLE_CHANGES | OPTIMISATION_CHANGES))}")
+        meta = stored_meta(stored_yaml)
+        trained_on = meta.get("data_manifest_sha256")
         if data is not None and trained_on and trained_on != data.manifest_sha256:
             raise CtxsslError(f"--resume: the dataset {data.root} is not the one {ckpt} was trained on (the manifests "
                               "differ: another dataset, or this one rendered or packed again since)",
                               "resume with the run's dataset (--data DIR), or start a new run on this one")
-        return spec
-    if ckpt.exists():
-        raise CtxsslError(f"{run_dir} already holds a run", "pass --resume to continue it, or choose another --out")
+        old, new = stored.to_dict(), spec.to_dict()
+        step = stored_ckpt.step
+        return list(meta.get("changes") or []) + [
+            {"step": step, "key": k, "from": old[k.split(".")[0]][k.split(".")[1]],
+             "to": new[k.split(".")[0]][k.split(".")[1]]}
+            for k in changed_keys if k in OPTIMISATION_CHANGES | {"train.epochs"}]
     # a folder from a start that failed before its first checkpoint: begin again from a clean log
     for name in (METRICS_NAME, LOG_NAME):
         (run_dir / name).unlink(missing_ok=True)
-    return spec
+    return []
+
+
+def nonfinite_state(model: torch.nn.Module) -> str | None:
+    """The name of the first parameter or buffer holding NaN/inf, or None when all are finite."""
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return name
+    return None
+
+
+def _worker_error(e: Exception) -> CtxsslError:
+    """A DataLoader worker's exception (re-raised here with the worker's traceback in its text) as one line."""
+    text = str(e)
+    last = [ln for ln in text.strip().splitlines() if ln.strip()][-1] if text.strip() else type(e).__name__
+    if ": " in last and last.split(": ", 1)[0].replace(".", "").replace("_", "").isalnum():
+        kind, _, msg = last.partition(": ")
+        last = msg if kind.endswith("CtxsslError") else f"{kind.rsplit('.', 1)[-1]}: {msg}"
+    return CtxsslError(f"reading a training batch failed in a data-loader worker: {last}",
+                       "check the dataset (re-run `ctxssl prepare` with --overwrite if it is damaged), or set "
+                       "--set data.workers=0 to read in the main process and see the error there")
 
 
 def pretrain(spec: RunSpec, data: PreparedDataset, run_dir: Path, info: D.DistInfo, resume: bool = False,
-             compile_model: bool = False, progress=None) -> dict:
-    """Train `spec` on `data`, writing to `run_dir`. Returns a summary dict (steps, final loss, pairs/s)."""
+             compile_model: bool = False, progress: bool = False, overwrite: bool = False) -> dict:
+    """Train `spec` on `data`, writing to `run_dir`. Returns a summary dict (steps, final loss, pairs/s).
+
+    `progress`: report progress on stderr (rank 0): a bar on a terminal, else plain lines also written to train.log.
+    """
     # ---- run folder and spec -------------------------------------------------------------------------
-    spec = prepare_run_dir(run_dir, spec, resume, data)
+    changes = prepare_run_dir(run_dir, spec, resume, data, overwrite)
     device, t = info.device, spec.train
     resolution = spec.data.resolution or data.resolution
     if spec.model.sync_bn and info.distributed and device.type != "cuda":
         raise CtxsslError("model.sync_bn needs CUDA GPUs (PyTorch's SyncBatchNorm has no CPU kernel)",
                           "set --set model.sync_bn=false for CPU runs")
     train_split = data.split("train")
-    meta = run_meta(spec, data, resolution, device, info.world_size)
+    meta = run_meta(spec, data, resolution, device, info.world_size, changes)
     spec_yaml = to_yaml(spec, meta)
 
     # ---- data: a pure function of (seed, epoch, step); each rank reads its own slice ---------------------
@@ -182,6 +276,8 @@ def pretrain(spec: RunSpec, data: PreparedDataset, run_dir: Path, info: D.DistIn
         atomic_write_text(run_dir / SPEC_NAME, spec_yaml)
         log.text(f"{'resume' if resume else 'start'}: git {meta['git_sha']}, device {device}, world {info.world_size}")
         log.text("spec:\n" + spec_yaml)
+        if spec.model.sync_bn and not info.distributed:
+            log.text("model.sync_bn ignored: one process (BatchNorm statistics are per process anyway)")
 
     # ---- model, optimiser, schedule ------------------------------------------------------------------
     torch.manual_seed(t.seed)
@@ -213,6 +309,11 @@ def pretrain(spec: RunSpec, data: PreparedDataset, run_dir: Path, info: D.DistIn
     amp = {"bf16": torch.bfloat16, "fp32": None}.get(t.precision, torch.bfloat16 if device.type == "cuda" else None)
 
     def save(step: int) -> None:
+        bad = nonfinite_state(model)  # never overwrite the last good checkpoint with NaN/inf weights
+        if bad is not None:
+            raise NonFiniteLossError(
+                f"the model's {bad} became non-finite by step {step}; the last good checkpoint is kept in {run_dir}",
+                f"lower the learning rate or clip gradients and continue: {resume_hint(run_dir, t.lr)}")
         if info.is_main:
             save_checkpoint(run_dir / CHECKPOINT_NAME, model, opt, spec_yaml,
                             {"step": step, "epoch": step // spe, "steps_per_epoch": spe, "total_steps": total})
@@ -220,15 +321,26 @@ def pretrain(spec: RunSpec, data: PreparedDataset, run_dir: Path, info: D.DistIn
     # ---- loop ----------------------------------------------------------------------------------------
     summary = {"start_step": start, "total_steps": total, "steps_per_epoch": spe, "run_dir": str(run_dir)}
     step, last, t0, pairs_done = start, {}, time.perf_counter(), 0
-    task = progress.add_task("pretrain", total=total, completed=start) if progress is not None else None
     stopping = False
-    with _StopFlag() as stop:
+    bar = Progress("pretrain", total, completed=start, enabled=progress and info.is_main, log=log.text)
+    with _StopFlag() as stop, bar:
         while step < total:
             epoch, in_epoch = divmod(step, spe)
             loader = DataLoader(PairBatchDataset(sampler, epoch, in_epoch), batch_size=None,
                                 num_workers=spec.data.workers, pin_memory=device.type == "cuda",
                                 **({"prefetch_factor": 4, "persistent_workers": False} if spec.data.workers else {}))
-            for batch in loader:
+            batches = iter(loader)
+            while True:
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    break
+                except (CtxsslError, KeyboardInterrupt):
+                    raise
+                except Exception as e:
+                    if spec.data.workers:
+                        raise _worker_error(e) from e
+                    raise
                 batch = batch.to(device, non_blocking=True)
                 env = sample_env(t.envs, t.seed, step)
                 for g in opt.param_groups:
@@ -238,7 +350,8 @@ def pretrain(spec: RunSpec, data: PreparedDataset, run_dir: Path, info: D.DistIn
                 if not math.isfinite(out.loss.item()):
                     raise NonFiniteLossError(
                         f"loss became {out.loss.item()} at step {step} (env {env}); the last good checkpoint "
-                        f"is kept in {run_dir}", "lower train.lr or set train.grad_clip, then --resume")
+                        f"is kept in {run_dir}",
+                        f"lower the learning rate or clip gradients and continue: {resume_hint(run_dir, t.lr)}")
                 opt.zero_grad(set_to_none=True)
                 out.loss.backward()
                 if t.grad_clip:
@@ -252,10 +365,8 @@ def pretrain(spec: RunSpec, data: PreparedDataset, run_dir: Path, info: D.DistIn
                         "pairs_per_s": rate}
                 if step % t.log_every == 0 or step == total:
                     log.metrics(last)
-                if progress is not None:
-                    progress.update(task, completed=step, description=(
-                        f"ep {epoch} {env[:3]} loss {last['loss']:.3f} (nce {last['nce']:.3f} aux {last['aux']:.3f}"
-                        f" r2 {last['aux_r2']:+.2f}) {rate:,.0f} pairs/s"))
+                bar.update(step, f"ep {epoch} {env[:3]} loss {last['loss']:.3f} (nce {last['nce']:.3f} "
+                                 f"aux {last['aux']:.3f} r2 {last['aux_r2']:+.2f}) {rate:,.0f} pairs/s")
                 if step % t.checkpoint_every == 0 or step == total:
                     save(step)
                 stopping = D.broadcast_flag(stop.set, info)  # the same answer on every rank
