@@ -4,11 +4,26 @@ One file holds everything `--resume` needs, under named key prefixes:
 
     model.<name>            the ContextSSL state dict (unwrapped from DDP / torch.compile)
     optim.<i>.<name>        the optimiser's per-parameter state (Adam: step, exp_avg, exp_avg_sq)
-    rng.torch_cpu           torch's CPU generator state; rng.cuda.<i> for each CUDA device
+    rng.torch_cpu           torch's CPU generator state; rng.cuda.<i> for each CUDA device (i = 0, 1, ..., 10, ...)
 
-and in the safetensors metadata (strings): the resolved run spec (YAML), the optimiser's param_groups
-(JSON), the training position (step, epoch), the ctxssl version, and a sha256 over every tensor's bytes,
-checked on load, so that a tampered file fails loudly instead of training or evaluating on bad weights.
+and in the safetensors metadata (all strings):
+
+    format                  "ctxssl-checkpoint"
+    format_version          "2" (FORMAT_VERSION)
+    ctxssl_version          the ctxssl that wrote it
+    spec                    the resolved run spec (YAML; its `meta:` block holds the run's recorded facts:
+                            data_manifest_sha256, mean/std, action_dim, changes, ...)
+    param_groups            the optimiser's param_groups (JSON); absent when no optimiser was saved
+    step, epoch, ...        the training position, and any extra metadata of the caller
+    content_sha256          see content_hash: a sha256 over every other metadata key and every tensor, checked
+                            on load, so that an edited or corrupted file (weights, step, spec, optimiser
+                            settings alike) fails loudly instead of training or evaluating on bad state.
+
+Format history: in format 1 the sha256 covered the tensors only, so an edited `step`, spec or param_groups
+went unnoticed. Format 2 covers the metadata too. A format-1 checkpoint cannot be verified that way and is
+refused (with the fix: train it again, or read it with the ctxssl that wrote it); it is not migrated, since a
+re-hash would bless whatever edits it already holds. Embeddings files (embed.py) share read_verified and the
+same metadata-plus-tensors hash.
 """
 
 from __future__ import annotations
@@ -27,11 +42,12 @@ from ctxssl_cli.errors import CtxsslError
 from ctxssl_cli.fileio import commit, tmp_path_for
 
 FORMAT = "ctxssl-checkpoint"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # 2: content_sha256 covers the metadata too (1: tensors only)
 MODEL = "model."
 OPTIM = "optim."
 RNG = "rng."
 CHECKPOINT_NAME = "checkpoint.safetensors"
+HASH_KEY = "content_sha256"  # the one metadata key the hash does not cover (it holds the hash)
 
 
 @dataclass
@@ -52,14 +68,28 @@ class Checkpoint:
         return {k[len(MODEL):]: v for k, v in self.tensors.items() if k.startswith(MODEL)}
 
 
-def content_hash(tensors: dict[str, torch.Tensor]) -> str:
-    """sha256 over (name, dtype, shape, bytes) of every tensor, in sorted name order."""
+def content_hash(tensors: dict[str, torch.Tensor], meta: dict[str, str] | None = None) -> str:
+    """sha256 over the metadata and the tensors of a ctxssl safetensors file.
+
+    With `meta`: first every metadata key except content_sha256 itself, as sorted-key JSON (unambiguous
+    whatever the values hold), then the tensors. Without it: the tensors only (format 1's hash). Each tensor
+    contributes (name, dtype, shape, bytes), in sorted name order.
+    """
     h = hashlib.sha256()
+    if meta is not None:
+        covered = {k: meta[k] for k in sorted(meta) if k != HASH_KEY}
+        h.update(b"meta|" + json.dumps(covered, sort_keys=True, ensure_ascii=True).encode() + b"|")
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+def sealed(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> dict[str, str]:
+    """`meta` with content_sha256 set to the hash of `meta` and `tensors` (what a writer stores)."""
+    meta = {k: v for k, v in meta.items() if k != HASH_KEY}
+    return {**meta, HASH_KEY: content_hash(tensors, meta)}
 
 
 def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], str]:
@@ -98,7 +128,7 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
             tensors[f"{RNG}cuda.{i}"] = s
     meta.update({k: str(v) for k, v in position.items()})
     meta.update(extra_meta or {})
-    meta["content_sha256"] = content_hash(tensors)
+    meta = sealed(tensors, meta)
     tmp = tmp_path_for(path)
     save_file(tensors, str(tmp), metadata=meta)
     commit(tmp, path)
@@ -122,7 +152,7 @@ def read_verified(path: Path, fmt: str, kind: str, fix: str, verify: bool = True
     """Read a ctxssl safetensors file (checkpoint or embeddings): tensors and metadata, never unpickling.
 
     Refuses anything that is not safetensors (a renamed pickle included), a safetensors file of another kind,
-    and, with `verify`, a file whose tensors no longer match the sha256 stored when it was written.
+    and, with `verify`, a file whose metadata or tensors no longer match the sha256 stored when it was written.
     """
     from safetensors import safe_open
 
@@ -138,17 +168,50 @@ def read_verified(path: Path, fmt: str, kind: str, fix: str, verify: bool = True
                           f"{fix} (pickled files are never loaded)") from None
     if meta.get("format") != fmt:
         raise CtxsslError(f"{path} is a safetensors file but not a ctxssl {kind}", fix)
-    if verify and meta.get("content_sha256") != content_hash(tensors):
-        raise CtxsslError(f"{path} failed its integrity check (tensor contents do not match the stored sha256)",
-                          f"the file was modified or corrupted: {fix}")
+    if verify:
+        verify_content(path, tensors, meta, kind, fix)
     return tensors, meta
 
 
+def verify_content(path: Path, tensors: dict, meta: dict, kind: str, fix: str) -> None:
+    """CtxsslError unless the stored content_sha256 is the hash of this metadata and these tensors."""
+    stored = meta.get(HASH_KEY)
+    if stored == content_hash(tensors, meta):
+        return
+    if stored == content_hash(tensors):
+        why = ("its metadata does not match the stored sha256: edited, or written by an older ctxssl whose "
+               "sha256 covered the tensors only")
+    else:
+        why = "its metadata or tensors do not match the stored sha256"
+    raise CtxsslError(f"{path} failed its integrity check ({why})", f"the {kind} was modified or corrupted: {fix}")
+
+
+def _check_format_version(path: Path, meta: dict[str, str]) -> None:
+    version = meta.get("format_version", "?")
+    if version == FORMAT_VERSION:
+        return
+    written_by = meta.get("ctxssl_version", "?")
+    if version == "1":
+        raise CtxsslError(
+            f"checkpoint {path} has format 1 (written by ctxssl {written_by}), whose sha256 does not cover its "
+            f"metadata (step, spec, optimiser settings); this ctxssl reads format {FORMAT_VERSION} only",
+            f"train the run again with this ctxssl, or use ctxssl {written_by} for this checkpoint")
+    raise CtxsslError(f"checkpoint {path} has format {version} (written by ctxssl {written_by}); this ctxssl "
+                      f"reads format {FORMAT_VERSION}", f"use ctxssl {written_by} or newer for this checkpoint")
+
+
 def load_checkpoint(path: Path, verify: bool = True) -> Checkpoint:
-    """Read a checkpoint (a run folder or the file). Never unpickles; fails loudly on anything unexpected."""
+    """Read a checkpoint (a run folder or the file). Never unpickles; fails loudly on anything unexpected.
+
+    With verify=False (a quick look at the metadata, e.g. the step) neither the sha256 nor the format version
+    is checked; anything that trains, resumes or evaluates from the checkpoint reads it with verify=True.
+    """
     path = resolve_checkpoint_path(path)
-    tensors, meta = read_verified(path, FORMAT, "checkpoint", "pass the checkpoint.safetensors of a ctxssl run",
-                                  verify)
+    fix = "pass the checkpoint.safetensors of a ctxssl run"
+    tensors, meta = read_verified(path, FORMAT, "checkpoint", fix, verify=False)
+    if verify:
+        _check_format_version(path, meta)  # before the hash: a format-1 file gets the clearer message
+        verify_content(path, tensors, meta, "checkpoint", fix)
     return Checkpoint(path=path, tensors=tensors, meta=meta)
 
 
@@ -185,8 +248,12 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, ckpt: Checkpoint) -> Non
 
 
 def restore_rng(ckpt: Checkpoint) -> None:
+    """Restore the CPU generator and, when the device count matches the saved one, every CUDA generator."""
     torch.set_rng_state(ckpt.tensors[f"{RNG}torch_cpu"])
     if torch.cuda.is_available():
-        states = [ckpt.tensors[k] for k in sorted(ckpt.tensors) if k.startswith(f"{RNG}cuda.")]
+        prefix = f"{RNG}cuda."
+        # by device index as a number: rng.cuda.2 before rng.cuda.10 (a text sort puts 10 first)
+        keys = sorted((k for k in ckpt.tensors if k.startswith(prefix)), key=lambda k: int(k[len(prefix):]))
+        states = [ckpt.tensors[k] for k in keys]
         if len(states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(states)

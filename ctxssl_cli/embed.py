@@ -388,7 +388,7 @@ def save_embeddings(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str
     except OSError as e:
         raise CtxsslError(f"cannot make the folder of {path} ({e.strerror or e})", "choose another --out") from None
     tensors = {k: t.contiguous() for k, t in tensors.items()}
-    meta = {**meta, "content_sha256": content_hash(tensors)}
+    meta = {**meta, "content_sha256": content_hash(tensors, meta)}  # covers the metadata too
     tmp = tmp_path_for(path)
     try:
         save_file(tensors, str(tmp), metadata=meta)

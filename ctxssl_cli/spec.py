@@ -369,6 +369,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 def load_spec(name_or_file: str, overrides: list[str] | None = None) -> RunSpec:
     raw = load_raw(name_or_file)
+    raw.pop("meta", None)  # a run's own spec.yaml: its recorded facts (dataset hash, versions) are not settings
     raw = apply_overrides(raw, overrides or [])
     raw.setdefault("name", Path(name_or_file).stem)
     return from_dict(raw)

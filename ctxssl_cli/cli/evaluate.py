@@ -7,8 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ctxssl_cli.cli.common import CheckpointOpt, ContextLengthOpt, DataOpt, DeviceOpt, err, latest_run, out, progress_bar
-from ctxssl_cli.errors import CtxsslError
+from ctxssl_cli.cli.common import CheckpointOpt, ContextLengthOpt, DataOpt, DeviceOpt, err, latest_run, out
 
 
 def evaluate(
@@ -21,26 +20,13 @@ def evaluate(
     out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Report folder. Default: RUN/eval.")] = None,
 ) -> None:
     """R² of rotation/color (pair probes), MRR/H@k retrieval, linear and kNN top-1: tables, JSON and plots."""
-    from ctxssl_cli import embed as E
-    from ctxssl_cli.evaluate.pipeline import EvalSettings, evaluate_run
-    from ctxssl_cli.evaluate.report import print_tables, write_report
-    from ctxssl_cli.runs import load_run
-    from ctxssl_cli.devices import resolve_device
+    from ctxssl_cli.evaluate.pipeline import EvalSettings, evaluate_checkpoint
+    from ctxssl_cli.evaluate.report import print_tables
+    from ctxssl_cli.progress import Progress
 
-    if r2 not in ("sklearn", "paper"):
-        raise CtxsslError(f"unknown --r2 '{r2}'", "use --r2 sklearn or --r2 paper")
-    ckpt = checkpoint or latest_run()
-    run = load_run(ckpt, data, resolve_device(device))
-    block = run.spec.model.block_size
-    lengths = E.check_lengths(context_length if context_length else E.default_lengths(block), block)
-    settings = EvalSettings(lengths=lengths, r2_kind=r2)
-    target = out_dir or run.checkpoint.parent / "eval"
-    target.mkdir(parents=True, exist_ok=True)
-    err.print(f"checkpoint: {run.checkpoint} (step {run.step})  data: {run.data.root}  lengths: {lengths}")
-    with progress_bar(transient=True) as bar:
-        report = evaluate_run(run, settings, list(embeddings or []), run.checkpoint.parent / "embeddings",
-                              progress=bar)
-    files = write_report(report, target)
-    print_tables(report, out)
-    for f in files:
+    settings = EvalSettings(lengths=context_length, r2_kind=r2)  # checks the options before the run is loaded
+    result = evaluate_checkpoint(checkpoint or latest_run(), data, device, settings, list(embeddings or []),
+                                 out_dir, progress=Progress, log=err.print)
+    print_tables(result.report, out)
+    for f in result.files:
         out.print(f"wrote {f}")

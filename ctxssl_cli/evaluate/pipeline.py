@@ -187,58 +187,65 @@ def evaluate_run(run: LoadedRun, s: EvalSettings, given_files: list[Path], cache
     keys = {"features": "h"} | {f"{m}@{c}": f"z.{m}.{c}" for m in s.modes for c in s.lengths}
     report: dict = {"r2": {}, "share": {}, "mrr": {}, "top1": {}, "knn": {}}
 
-    # ---- equivariance: R² of the relative rotation (MLP probe) and color (linear probe) --------------
-    t0 = time.perf_counter()
-    n_tr, v_tr = tr["h"].shape[:2]
-    n_va, v_va = va["h"].shape[:2]
-    tr_pairs = eval_pairs(n_tr, v_tr, s.pairs_per_object, s.pair_seed)
-    va_pairs = eval_pairs(n_va, v_va, s.pairs_per_object, s.pair_seed + 1)
-    for name, key in keys.items():
-        a1, a2, at = _pair_arrays(tr, key, tr_pairs, canonical)
-        b1, b2, bt = _pair_arrays(va, key, va_pairs, canonical)
-        rot = fit_pair_probe(a1, a2, at[:, list(ROTATION)], b1, b2, bt[:, list(ROTATION)], "mlp", s.probe,
-                             s.r2_kind, device=str(run.device))
-        col = fit_pair_probe(a1, a2, at[:, list(COLOR)], b1, b2, bt[:, list(COLOR)], "linear", s.probe,
-                             s.r2_kind, device=str(run.device))
-        _put(report["r2"], name, {"rotation": rot["r2"], "color": col["r2"]})
-        log(f"R² {name}: rotation {rot['r2']:.3f}  color {col['r2']:.3f}")
-    timings["r2_probes_s"] = time.perf_counter() - t0
+    cls_keys = {"features": "h"} | {f"{m}@{c}": f"z.{m}.{c}"
+                                    for m in s.modes for c in sorted({min(s.lengths), max(s.lengths)})}
+    n_stages = len(keys) + len(s.modes) * len(s.lengths) + len(cls_keys)
+    with track(progress, "probes", n_stages) as bar:
+        # ---- equivariance: R² of the relative rotation (MLP probe) and color (linear probe) --------------
+        t0 = time.perf_counter()
+        n_tr, v_tr = tr["h"].shape[:2]
+        n_va, v_va = va["h"].shape[:2]
+        tr_pairs = eval_pairs(n_tr, v_tr, s.pairs_per_object, s.pair_seed)
+        va_pairs = eval_pairs(n_va, v_va, s.pairs_per_object, s.pair_seed + 1)
+        for name, key in keys.items():
+            a1, a2, at = _pair_arrays(tr, key, tr_pairs, canonical)
+            b1, b2, bt = _pair_arrays(va, key, va_pairs, canonical)
+            rot = fit_pair_probe(a1, a2, at[:, list(ROTATION)], b1, b2, bt[:, list(ROTATION)], "mlp", s.probe,
+                                 s.r2_kind, device=str(run.device))
+            col = fit_pair_probe(a1, a2, at[:, list(COLOR)], b1, b2, bt[:, list(COLOR)], "linear", s.probe,
+                                 s.r2_kind, device=str(run.device))
+            _put(report["r2"], name, {"rotation": rot["r2"], "color": col["r2"]})
+            log(f"R² {name}: rotation {rot['r2']:.3f}  color {col['r2']:.3f}")
+            bar.advance(1, f"R² {name}")
+        timings["r2_probes_s"] = time.perf_counter() - t0
 
-    # ---- variance share: how much of each embedding the factor occupies (fit on train, report on val) --
-    f_tr, f_va = factor_features(tr["latents"].numpy()), factor_features(va["latents"].numpy())
-    for name, key in keys.items():
-        e_tr = tr[key].reshape(n_tr * v_tr, -1).numpy()
-        e_va = va[key].reshape(n_va * v_va, -1).numpy()
-        _put(report["share"], name, {f: variance_share(e_tr, f_tr[f], e_va, f_va[f]) for f in ("rotation", "color")})
+        # ---- variance share: how much of each embedding the factor occupies (fit on train, report on val)
+        f_tr, f_va = factor_features(tr["latents"].numpy()), factor_features(va["latents"].numpy())
+        for name, key in keys.items():
+            e_tr = tr[key].reshape(n_tr * v_tr, -1).numpy()
+            e_va = va[key].reshape(n_va * v_va, -1).numpy()
+            _put(report["share"], name,
+                 {f: variance_share(e_tr, f_tr[f], e_va, f_va[f]) for f in ("rotation", "color")})
 
-    # ---- retrieval on val: query = view 0 with the action 0 -> j; gallery = the object's views ---------
-    t0 = time.perf_counter()
-    j = np.arange(1, v_va)  # every other embedded view of the object is a target once
-    for m in s.modes:
-        for c in s.lengths:
-            z = va[f"z.{m}.{c}"].numpy()  # (N, V, F)
-            q = va[f"q.{m}.{c}"].numpy()  # (N, V, F): q[:, j] is view 0 moved by the action 0 -> j
-            query = q[:, j].reshape(-1, q.shape[-1])  # (N*(V-1), F)
-            owner = np.repeat(np.arange(n_va), len(j))  # query -> its object's gallery z[owner] (V, F)
-            ranks = retrieval_ranks(query, z, np.tile(j, n_va), gallery_of=owner)
-            report["mrr"].setdefault(m, {})[str(c)] = mrr_hits(ranks)
-    timings["retrieval_s"] = time.perf_counter() - t0
+        # ---- retrieval on val: query = view 0 with the action 0 -> j; gallery = the object's views ---------
+        t0 = time.perf_counter()
+        j = np.arange(1, v_va)  # every other embedded view of the object is a target once
+        for m in s.modes:
+            for c in s.lengths:
+                z = va[f"z.{m}.{c}"].numpy()  # (N, V, F)
+                q = va[f"q.{m}.{c}"].numpy()  # (N, V, F): q[:, j] is view 0 moved by the action 0 -> j
+                query = q[:, j].reshape(-1, q.shape[-1])  # (N*(V-1), F)
+                owner = np.repeat(np.arange(n_va), len(j))  # query -> its object's gallery z[owner] (V, F)
+                ranks = retrieval_ranks(query, z, np.tile(j, n_va), gallery_of=owner)
+                report["mrr"].setdefault(m, {})[str(c)] = mrr_hits(ranks)
+                bar.advance(1, f"retrieval {m}@{c}")
+        timings["retrieval_s"] = time.perf_counter() - t0
 
-    # ---- invariance: linear-probe and weighted-kNN top-1 on every embedded view ----------------------
-    t0 = time.perf_counter()
-    n_classes = len(run.data.classes)
-    y_tr = np.repeat(tr["labels"].numpy(), v_tr)
-    y_va = np.repeat(va["labels"].numpy(), v_va)
-    cls_keys = {"features": "h"} | {f"{m}@{c}": f"z.{m}.{c}" for m in s.modes for c in sorted({min(s.lengths), max(s.lengths)})}
-    for name, key in cls_keys.items():
-        xtr = tr[key].reshape(n_tr * v_tr, -1).numpy()
-        xva = va[key].reshape(n_va * v_va, -1).numpy()
-        top1 = linear_probe_top1(xtr, y_tr, xva, y_va, n_classes, s.probe, device=str(run.device))
-        knn = knn_top1(xtr, y_tr, xva, y_va, k=s.knn_k, temperature=s.knn_t, n_classes=n_classes,
-                       device=str(run.device))
-        _put(report["top1"], name, top1)
-        _put(report["knn"], name, knn)
-    timings["classification_s"] = time.perf_counter() - t0
+        # ---- invariance: linear-probe and weighted-kNN top-1 on every embedded view ----------------------
+        t0 = time.perf_counter()
+        n_classes = len(run.data.classes)
+        y_tr = np.repeat(tr["labels"].numpy(), v_tr)
+        y_va = np.repeat(va["labels"].numpy(), v_va)
+        for name, key in cls_keys.items():
+            xtr = tr[key].reshape(n_tr * v_tr, -1).numpy()
+            xva = va[key].reshape(n_va * v_va, -1).numpy()
+            top1 = linear_probe_top1(xtr, y_tr, xva, y_va, n_classes, s.probe, device=str(run.device))
+            knn = knn_top1(xtr, y_tr, xva, y_va, k=s.knn_k, temperature=s.knn_t, n_classes=n_classes,
+                           device=str(run.device))
+            _put(report["top1"], name, top1)
+            _put(report["knn"], name, knn)
+            bar.advance(1, f"top-1 {name}")
+        timings["classification_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
 
     report["meta"] = {
@@ -258,3 +265,38 @@ def evaluate_run(run: LoadedRun, s: EvalSettings, given_files: list[Path], cache
         "timings": timings,
     }
     return report
+
+
+@dataclass
+class EvalResult:
+    report: dict
+    out_dir: Path
+    files: list[Path]  # report.json, report.md and the two plots
+
+
+def evaluate_checkpoint(checkpoint: Path, data: Path | None, device: str, settings: EvalSettings,
+                        embeddings: list[Path] | None = None, out_dir: Path | None = None,
+                        progress: ProgressFactory | None = None,
+                        log: Callable[[str], None] = lambda msg: None) -> EvalResult:
+    """`ctxssl evaluate` end to end: load the run, evaluate it (reusing the given or cached embeddings under
+    RUN/embeddings), write the report into `out_dir` (default RUN/eval)."""
+    from ctxssl_cli.devices import resolve_device
+    from ctxssl_cli.evaluate.report import write_report
+    from ctxssl_cli.runs import load_run
+
+    for f in embeddings or []:
+        if not Path(f).is_file():
+            raise CtxsslError(f"embeddings file {f} does not exist", "make it with `ctxssl embed`")
+    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise CtxsslError(f"--out {out_dir} is a file", "name a folder for the report")
+    run = load_run(checkpoint, data, resolve_device(device))
+    settings = settings.for_block_size(run.spec.model.block_size)
+    target = Path(out_dir) if out_dir is not None else run.checkpoint.parent / "eval"
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CtxsslError(f"cannot make the report folder {target} ({e.strerror or e})", "choose another --out") from None
+    log(f"checkpoint: {run.checkpoint} (step {run.step})  data: {run.data.root}  lengths: {settings.lengths}")
+    report = evaluate_run(run, settings, list(embeddings or []), run.checkpoint.parent / "embeddings",
+                          progress=progress)
+    return EvalResult(report, target, write_report(report, target))

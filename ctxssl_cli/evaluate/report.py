@@ -7,7 +7,8 @@ A report is a dict (SPEC §4 "Report"; floats, context lengths as strings, <mode
      "mrr":  {"<mode>": {"<c>": {"mrr": f, "h@1": f, "h@2": f, "h@5": f, "h@10": f}}},
      "top1": {"features": f, "<mode>": {"<c>": f}},
      "knn":  {"features": f, "<mode>": {"<c>": f}},
-     "meta": {"checkpoint": ..., "data": ..., "settings": ..., "timings": ...}}
+     "meta": {"checkpoint": ..., "data": ..., "context": {"label": "...", "kind": "default" or "file", ...},
+              "settings": ..., "timings": ...}}
 
 Any section, mode or length may be missing: every writer here shows what is there and marks the rest "—".
 """
@@ -100,6 +101,14 @@ def result_tables(report: dict) -> list[Table]:
     return tables
 
 
+def context_label(report: dict) -> str | None:
+    """Which context produced the numbers (meta.context.label), for the Markdown and the console."""
+    ctx = (report.get("meta") or {}).get("context")
+    if isinstance(ctx, dict):
+        return ctx.get("label") or ctx.get("source")
+    return str(ctx) if ctx else None
+
+
 def _md_table(columns: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -137,6 +146,8 @@ def build_markdown(report: dict) -> str:
     meta = report.get("meta") or {}
     parts = ["# ctxssl evaluation report"]
     info = [_describe(k, meta[k]) for k in ("checkpoint", "data") if meta.get(k) is not None]
+    if context_label(report):
+        info.append(f"- **context**: {context_label(report)}")
     r2_def = (meta.get("settings") or {}).get("r2_definition")
     if r2_def:
         info.append(f"- **R² definition**: {r2_def}")
@@ -194,6 +205,8 @@ def print_tables(report: dict, console) -> None:
     from rich.text import Text
 
     tables = result_tables(report)
+    if context_label(report):
+        console.print(Text(f"context: {context_label(report)}"))
     if not tables:
         console.print("no results in this report")
     for t in tables:

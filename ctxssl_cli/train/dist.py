@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -42,35 +43,25 @@ def setup(device_pref: str) -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
 
 
-class _GatherWithGrad(torch.autograd.Function):
-    """all_gather whose backward hands each rank the summed gradient of its own slice.
+def gather_with_grad(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Concatenate `t` from every rank along dim 0 (equal sizes), keeping the autograd graph.
 
-    Every rank's loss uses the gathered tensor; the gradient w.r.t. rank r's slice therefore has a part on
-    every rank. Summing those parts (all_reduce) and keeping the own slice gives each rank the gradient of
-    the sum of all ranks' losses w.r.t. its local rows. With each rank's loss a mean over its own rows and
+    torch.distributed.nn.functional.all_gather is an all_gather whose backward reduce-scatters (sums) the
+    gradients: rank r receives the sum over all ranks of the gradient w.r.t. its own slice, i.e. the gradient
+    of the sum of all ranks' losses w.r.t. its local rows. With each rank's loss a mean over its own rows and
     DDP averaging parameter gradients over ranks, the result equals the single-process gradient of the
     global-batch loss (no 1/world_size error; checked by tests/test_train.py with 2 gloo processes).
     """
-
-    @staticmethod
-    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
-        ctx.rank, ctx.n = dist.get_rank(), t.shape[0]
-        parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, t.contiguous())
-        return torch.cat(parts, dim=0)  # (world * n, ...)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
-
-
-def gather_with_grad(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """Concatenate `t` from every rank along dim 0 (equal sizes), keeping the autograd graph."""
     if not info.distributed:
         return t
-    return _GatherWithGrad.apply(t)
+    import torch.distributed.nn.functional as dist_nn  # here: torch builds without distributed lack it
+
+    with warnings.catch_warnings():
+        # Recent torch (2.14 here) marks it deprecated in favour of torch.distributed._functional_collectives, a
+        # private module; this public, documented function is kept (same gradients; gloo and nccl alike).
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*all_gather is deprecated")
+        parts = dist_nn.all_gather(t)  # world_size tensors shaped like t
+    return torch.cat(parts, dim=0)  # (world * n, ...)
 
 
 def barrier(info: DistInfo) -> None:
