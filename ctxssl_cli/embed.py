@@ -11,7 +11,9 @@ Embeddings file (safetensors):
     q.<mode>.<c>    (N, V', F) float32  with retrieval: the output for view 0 of the object with the action
                                         that maps view 0 to view j (the mode's components only), L2-normalised
     latents         (N, V', 7) float32; labels (N,) int64; objects (N,) int64 (split indices); views (V',) int64
-    metadata        checkpoint / data sha256, split, modes, lengths, context, protocol version, ...
+    metadata        checkpoint / data sha256, split, modes, lengths, protocol version, ..., context (JSON of
+                    Context.describe(): kind default|file, source, file sha256, n_pairs, pairs) and
+                    context_source (its one-line label); both are part of the cache key
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from ctxssl_cli.data.pairs import to_model_input
 from ctxssl_cli.data.rotations import relative_action
 from ctxssl_cli.data.schema import ACTION_DIM, revealed_mask
 from ctxssl_cli.errors import CtxsslError
-from ctxssl_cli.fileio import commit, discard, sha256_file, tmp_path_for
+from ctxssl_cli.fileio import commit, discard, tmp_path_for
 from ctxssl_cli.runs import LoadedRun
 
 PROTOCOL_VERSION = "1"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ctxssl_cli import embed as E
+from ctxssl_cli import embed
 from ctxssl_cli.errors import CtxsslError
 from ctxssl_cli.runs import load_run
 from ctxssl_cli.spec import load_spec
@@ -30,18 +30,18 @@ def run(tmp_path_factory):
 
 
 def test_lengths_are_checked(run):
-    assert E.check_lengths([2, 0, 2], 8) == [0, 2]
+    assert embed.check_lengths([2, 0, 2], 8) == [0, 2]
     with pytest.raises(CtxsslError, match="even"):
-        E.check_lengths([3], 8)
+        embed.check_lengths([3], 8)
     with pytest.raises(CtxsslError, match="block size"):
-        E.check_lengths([8], 8)
-    assert E.default_lengths(32) == [0, 2, 14, 30]
+        embed.check_lengths([8], 8)
+    assert embed.default_lengths(32) == [0, 2, 14, 30]
 
 
 def test_embed_is_deterministic_and_matches_an_uncached_forward(run):
-    ctx = E.default_context(run)
-    a = E.embed_split(run, "val", ["rotation", "none"], [0, 2, 6], ctx, retrieval=True)
-    b = E.embed_split(run, "val", ["rotation", "none"], [0, 2, 6], ctx, retrieval=True)
+    ctx = embed.default_context(run)
+    a = embed.embed_split(run, "val", ["rotation", "none"], [0, 2, 6], ctx, retrieval=True)
+    b = embed.embed_split(run, "val", ["rotation", "none"], [0, 2, 6], ctx, retrieval=True)
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
@@ -51,9 +51,9 @@ def test_embed_is_deterministic_and_matches_an_uncached_forward(run):
     # the cached-context path equals running [context, query] through the transformer as one sequence
     m = run.model
     k = 3  # pairs of context for length 6
-    ctx_h = E.encode_views(run, "train", np.concatenate([ctx.obj[:k], ctx.obj[:k]]),
+    ctx_h = embed.encode_views(run, "train", np.concatenate([ctx.obj[:k], ctx.obj[:k]]),
                            np.concatenate([ctx.view_a[:k], ctx.view_b[:k]]), 64)
-    keep = E.mode_mask("rotation")
+    keep = embed.mode_mask("rotation")
     tokens = m.make_tokens(ctx_h[:k], ctx_h[k:], torch.as_tensor(ctx.action[:k]) * keep, k)[0]  # (6, F+A)
     q = a["h"][1, 2]
     seq = torch.cat([tokens, torch.cat([q, torch.zeros(6)])[None]])[None]  # (1, 7, F+A)
@@ -71,7 +71,7 @@ def test_context_file(run, tmp_path):
     split = run.data.split("train")
     f = tmp_path / "ctx.yaml"
     f.write_text(f"pairs:\n  - {{object: '{split.object_ids[1]}', from: 0, to: 3}}\n  - {{object: 2, from: 4, to: 1}}\n")
-    ctx = E.load_context_file(run, f)
+    ctx = embed.load_context_file(run, f)
     assert ctx.obj.tolist() == [1, 2] and ctx.view_a.tolist() == [0, 4] and ctx.view_b.tolist() == [3, 1]
     for text, words in [("pairs: []\n", "no 'pairs'"),
                         ("pairs:\n  - {object: 'nope/1', from: 0, to: 1}\n", "not in split"),
@@ -81,27 +81,27 @@ def test_context_file(run, tmp_path):
                         ("extra: 1\npairs:\n  - {object: 0, from: 0, to: 1}\n", "unknown key")]:
         f.write_text(text)
         with pytest.raises(CtxsslError, match=words):
-            E.load_context_file(run, f)
+            embed.load_context_file(run, f)
 
 
 def test_embeddings_file_integrity(run, tmp_path):
-    ctx = E.default_context(run)
-    t = E.embed_split(run, "val", ["color"], [0], ctx)
-    meta = E.embeddings_metadata(run, "val", ["color"], [0], ctx, False, None)
+    ctx = embed.default_context(run)
+    t = embed.embed_split(run, "val", ["color"], [0], ctx)
+    meta = embed.embeddings_metadata(run, "val", ["color"], [0], ctx, False, None)
     path = tmp_path / "e.safetensors"
-    E.save_embeddings(path, t, meta)
-    back, m = E.load_embeddings(path)
+    embed.save_embeddings(path, t, meta)
+    back, m = embed.load_embeddings(path)
     assert torch.equal(back["h"], t["h"]) and m["checkpoint_sha256"] == run.checkpoint_sha256
     raw = bytearray(path.read_bytes())
     raw[-3] ^= 0xFF
     path.write_bytes(bytes(raw))
     with pytest.raises(CtxsslError, match="integrity"):
-        E.load_embeddings(path)
+        embed.load_embeddings(path)
     path.write_bytes(pickle.dumps({"h": [1, 2, 3]}))
     with pytest.raises(CtxsslError, match="not a readable safetensors"):
-        E.load_embeddings(path)
+        embed.load_embeddings(path)
     with pytest.raises(CtxsslError, match=r"\.safetensors"):
-        E.save_embeddings(tmp_path / "e.pt", t, meta)
+        embed.save_embeddings(tmp_path / "e.pt", t, meta)
 
 
 def test_checkpoint_and_dataset_mismatch(run, tmp_path):

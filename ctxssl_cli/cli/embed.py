@@ -30,9 +30,11 @@ def embed(
     settings = EmbedSettings(split=split, modes=context_mode, lengths=context_length, context_pairs=context_pairs,
                              views_per_object=views_per_object, retrieval=retrieval, batch_size=batch_size,
                              out=out_file)  # checks every option before the run is loaded
-    result = embed_run(checkpoint or latest_run(), data, device, settings, progress=Progress, log=err.print)
+    log = lambda msg: err.print(msg, soft_wrap=True, markup=False)  # noqa: E731 (paths: no wrapping, no markup)
+    result = embed_run(checkpoint or latest_run(), data, device, settings, progress=Progress, log=log)
     n, v, f = result.shape
-    out.print(f"embeddings: {result.path}")
-    out.print(f"views: {n} objects x {v} views, feature dim {f}; modes: {', '.join(result.modes)}; "
-              f"context lengths: {', '.join(map(str, result.lengths))}")
-    out.print(f"context: {result.context.label()}")
+    for line in (f"embeddings: {result.path}",
+                 f"views: {n} objects x {v} views, feature dim {f}; modes: {', '.join(result.modes)}; "
+                 f"context lengths: {', '.join(map(str, result.lengths))}",
+                 f"context: {result.context.label()}"):
+        out.print(line, soft_wrap=True, markup=False)

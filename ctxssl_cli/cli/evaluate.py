@@ -26,7 +26,8 @@ def evaluate(
 
     settings = EvalSettings(lengths=context_length, r2_kind=r2)  # checks the options before the run is loaded
     result = evaluate_checkpoint(checkpoint or latest_run(), data, device, settings, list(embeddings or []),
-                                 out_dir, progress=Progress, log=err.print)
+                                 out_dir, progress=Progress,
+                                 log=lambda msg: err.print(msg, soft_wrap=True, markup=False))
     print_tables(result.report, out)
     for f in result.files:
-        out.print(f"wrote {f}")
+        out.print(f"wrote {f}", soft_wrap=True, markup=False)

@@ -206,7 +206,7 @@ def print_tables(report: dict, console) -> None:
 
     tables = result_tables(report)
     if context_label(report):
-        console.print(Text(f"context: {context_label(report)}"))
+        console.print(Text(f"context: {context_label(report)}"), soft_wrap=True)
     if not tables:
         console.print("no results in this report")
     for t in tables:
