@@ -2,13 +2,19 @@
 
 A run spec has three sections, `data`, `model` and `train`. Every field has a default and a comment saying
 why or how to tune it; the defaults are the paper's settings on 3DIEBench (SPEC §2) unless said otherwise.
-Unknown keys and wrong types are errors that name the key and suggest the closest valid one.
+Unknown keys and wrong types are errors that name the key and suggest the closest valid one; every number is
+range-checked (INT_RANGES, FLOAT_RANGES: NaN and infinity are never accepted), so that a typo is an error that
+names the key and its range, never a crash or an out-of-memory minutes into a run.
+
+A run folder's own spec.yaml (to_yaml with a top-level `meta:` block, the run's recorded facts) is a valid
+`--preset FILE`: the `meta` block is ignored when a spec is loaded.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,6 +147,66 @@ class RunSpec:
 
 SECTIONS = {"data": DataSpec, "model": ModelSpec, "train": TrainSpec}
 
+# Keys that `pretrain --resume --set` may change on a run that has already started: they change how the
+# optimisation continues (step size, clipping, where it stops), not what is being trained, so the resumed run
+# stays one run (loop.py records each such change in the run's meta.changes).
+OPTIMISATION_KEYS = frozenset({"train.lr", "train.grad_clip", "train.max_steps"})
+
+# The top-level block that to_yaml writes beside a spec (git sha, dataset hash, mean/std, changes, ...): facts
+# about a run, not settings, so loading a spec file ignores it.
+META_KEY = "meta"
+
+
+@dataclass(frozen=True)
+class Range:
+    """A closed interval [low, high], or half-open at either end (low_open: (low, ..., high_open: ..., high))."""
+
+    low: float
+    high: float
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def __str__(self) -> str:
+        ints = isinstance(self.low, int) and isinstance(self.high, int)
+        fmt = (lambda v: f"{v:,}") if ints else (lambda v: f"{v:g}")
+        return f"{'(' if self.low_open else '['}{fmt(self.low)}, {fmt(self.high)}{')' if self.high_open else ']'}"
+
+
+# Every numeric spec field and its valid range. The upper bounds are far above any real run (the paper: n_embd
+# 2048, 3 layers, block_size 128, batch 512, 1000 epochs) and are there to catch typos (an extra zero, 10**9)
+# before they allocate; one combination of in-range sizes can of course still exceed a machine's memory.
+INT_RANGES = {
+    "data.resolution": Range(0, 8192),  # 0: the dataset's own resolution
+    "data.workers": Range(0, 256),
+    "model.block_size": Range(2, 65536),  # and even (two tokens per pair)
+    "model.n_layer": Range(1, 256),
+    "model.n_head": Range(1, 1024),
+    "model.n_embd": Range(1, 65536),  # and a multiple of n_head
+    "model.aux_hidden": Range(1, 65536),
+    "train.epochs": Range(0, 1_000_000),
+    "train.max_steps": Range(0, 1_000_000_000),
+    "train.batch_size": Range(1, 1_048_576),  # and a multiple of block_size/2
+    "train.checkpoint_every": Range(1, 1_000_000_000),
+    "train.seed": Range(0, 2**63 - 1),  # numpy's SeedSequence takes no negative seeds
+    "train.log_every": Range(1, 1_000_000_000),
+}
+FLOAT_RANGES = {
+    "model.dropout": Range(0.0, 1.0, high_open=True),
+    "train.lr": Range(0.0, 1.0, low_open=True),  # Adam's peak lr at batch 256; the paper: 5e-5
+    "train.weight_decay": Range(0.0, 10.0),
+    "train.warmup_epochs": Range(0.0, 1e6),
+    "train.mask_prob": Range(0.0, 1.0, high_open=True),
+    "train.aux_weight": Range(0.0, 1000.0),
+    "train.temperature": Range(0.0, 100.0, low_open=True),
+    "train.grad_clip": Range(0.0, 1e6),  # 0: no clipping
+}
+ENV_PROBABILITY = Range(0.0, 1.0)
+
 
 def _all_keys() -> list[str]:
     keys = ["name"]
@@ -166,6 +232,10 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
         typ = {"str": str, "int": int, "float": float, "bool": bool, "dict": dict}[typ]
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    non_finite_text = isinstance(value, str) and value.strip().lower().lstrip("+-.") in ("nan", "inf", "infinity")
+    if typ is float and (isinstance(value, float) and not math.isfinite(value) or non_finite_text):
+        raise CtxsslError(f"spec key '{key}' must be a finite number, got {value!r}",
+                          f"e.g. --set {key}={_default(key)}")
     if typ is int and isinstance(value, bool):
         raise CtxsslError(f"spec key '{key}' must be an integer, got {value!r}", f"e.g. --set {key}=3")
     if not isinstance(value, typ):
@@ -206,42 +276,46 @@ def from_dict(raw: dict) -> RunSpec:
     return RunSpec(**kwargs)
 
 
+def _default(key: str) -> Any:
+    """The default of a dotted spec key (e.g. train.lr -> 5e-05)."""
+    sec, name = key.split(".", 1)
+    return getattr(SECTIONS[sec](), name)
+
+
+def _finite_number(value: Any) -> bool:
+    """An int (any size: math.isfinite would overflow on 10**400) or a finite float; bools are not numbers here."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, int) or math.isfinite(value)
+
+
+def _check_range(key: str, value: Any, rng: Range) -> None:
+    ok = _finite_number(value) and value in rng
+    if not ok:
+        raise CtxsslError(f"{key} must be in {rng}, got {value!r}",
+                          f"set {key} within that range, e.g. --set {key}={_default(key)} (its default)")
+
+
 def validate(spec: RunSpec) -> None:
-    """Semantic checks that types alone cannot express."""
-    m, t, d = spec.model, spec.train, spec.data
-    if m.block_size < 2 or m.block_size % 2:
+    """Semantic checks that types alone cannot express: ranges first, then the relations between fields."""
+    m, t = spec.model, spec.train
+    for key, rng in (INT_RANGES | FLOAT_RANGES).items():
+        sec, name = key.split(".")
+        _check_range(key, getattr(getattr(spec, sec), name), rng)
+    if m.block_size % 2:
         raise CtxsslError(f"model.block_size must be an even number >= 2, got {m.block_size}", "e.g. 128 (64 pairs)")
     if m.n_embd % m.n_head:
         raise CtxsslError(
             f"model.n_embd ({m.n_embd}) must be divisible by model.n_head ({m.n_head})", "e.g. n_embd 2048, n_head 4"
         )
-    for key, val in (("model.n_layer", m.n_layer), ("model.n_head", m.n_head), ("model.n_embd", m.n_embd),
-                     ("model.aux_hidden", m.aux_hidden), ("train.batch_size", t.batch_size),
-                     ("train.checkpoint_every", t.checkpoint_every), ("train.log_every", t.log_every)):
-        if val < 1:
-            raise CtxsslError(f"{key} must be >= 1, got {val}", f"set {key} to a positive value")
     if t.batch_size % spec.pairs_per_seq:
         raise CtxsslError(
             f"train.batch_size ({t.batch_size}) must be a multiple of the pairs per sequence "
             f"(model.block_size/2 = {spec.pairs_per_seq})",
             f"e.g. --set train.batch_size={max(1, t.batch_size // spec.pairs_per_seq) * spec.pairs_per_seq}",
         )
-    for key, val in (("train.epochs", t.epochs), ("train.max_steps", t.max_steps), ("data.resolution", d.resolution),
-                     ("data.workers", d.workers)):
-        if val < 0:
-            raise CtxsslError(f"{key} must be >= 0, got {val}", f"set {key} to 0 or a positive value")
     if t.epochs == 0 and t.max_steps == 0:
         raise CtxsslError("train.epochs and train.max_steps are both 0", "set one of them, e.g. --set train.epochs=10")
-    if not 0.0 <= t.mask_prob < 1.0:
-        raise CtxsslError(f"train.mask_prob must be in [0, 1), got {t.mask_prob}", "the paper's best is 0.9")
-    for key, val in (("train.lr", t.lr), ("train.temperature", t.temperature)):
-        if not val > 0:
-            raise CtxsslError(f"{key} must be > 0, got {val}", f"e.g. the paper's value {getattr(TrainSpec(), key[6:])}")
-    for key, val in (("train.weight_decay", t.weight_decay), ("train.aux_weight", t.aux_weight),
-                     ("train.warmup_epochs", t.warmup_epochs), ("train.grad_clip", t.grad_clip),
-                     ("model.dropout", m.dropout)):
-        if val < 0:
-            raise CtxsslError(f"{key} must be >= 0, got {val}", f"set {key} to 0 or a positive value")
     if t.aux_rotation not in ("quaternion", "matrix"):
         raise CtxsslError(f"train.aux_rotation must be quaternion or matrix, got '{t.aux_rotation}'",
                           "e.g. --set train.aux_rotation=matrix")
@@ -256,8 +330,9 @@ def validate(spec: RunSpec) -> None:
     for name, p in t.envs.items():
         if name not in ENVIRONMENTS:
             raise CtxsslError(f"unknown environment '{name}' in train.envs", _suggest(str(name), list(ENVIRONMENTS)))
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or p < 0:
-            raise CtxsslError(f"train.envs.{name} must be a probability >= 0, got {p!r}", "e.g. rotation: 0.5")
+        if not _finite_number(p) or p not in ENV_PROBABILITY:
+            raise CtxsslError(f"train.envs.{name} must be a probability in {ENV_PROBABILITY}, got {p!r}",
+                              "e.g. rotation: 0.5")
     total = sum(t.envs.values())
     if abs(total - 1.0) > 1e-6:
         raise CtxsslError(f"train.envs probabilities sum to {total:g}, not 1", "make them add up to 1")
@@ -369,7 +444,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 def load_spec(name_or_file: str, overrides: list[str] | None = None) -> RunSpec:
     raw = load_raw(name_or_file)
-    raw.pop("meta", None)  # a run's own spec.yaml: its recorded facts (dataset hash, versions) are not settings
+    raw.pop(META_KEY, None)  # a run's own spec.yaml: its recorded facts (dataset hash, versions) are not settings
     raw = apply_overrides(raw, overrides or [])
     raw.setdefault("name", Path(name_or_file).stem)
     return from_dict(raw)
@@ -383,19 +458,18 @@ def spec_from_yaml_text(text: str) -> RunSpec:
         raise CtxsslError(f"stored run spec is not valid YAML ({e})", "the run folder may be damaged") from None
     if not isinstance(raw, dict):
         raise CtxsslError("stored run spec is not a mapping", "the run folder may be damaged")
-    raw = {k: v for k, v in raw.items() if k != "meta"}
-    return from_dict(raw)
+    return from_dict({k: v for k, v in raw.items() if k != META_KEY})
 
 
 def stored_meta(text: str) -> dict:
     """The `meta` block that `to_yaml` stored beside a spec (run folder or checkpoint); {} if there is none."""
     raw = yaml.safe_load(text)
-    return (raw.get("meta") if isinstance(raw, dict) else None) or {}
+    return (raw.get(META_KEY) if isinstance(raw, dict) else None) or {}
 
 
 def to_yaml(spec: RunSpec, meta: dict | None = None) -> str:
     body = spec.to_dict()
     if meta:
-        body["meta"] = meta
+        body[META_KEY] = meta
     return yaml.safe_dump(body, sort_keys=False)
 
