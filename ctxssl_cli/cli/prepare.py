@@ -56,7 +56,7 @@ def synthetic(
 
     if layout not in ("prepared", "3diebench"):
         raise CtxsslError(f"unknown --layout '{layout}'", "use --layout prepared or --layout 3diebench")
-    for name, v, lo in (("--classes", classes, 1), ("--objects-per-class", objects_per_class, 1),
+    for name, v, lo in (("--classes", classes, 1), ("--objects-per-class", objects_per_class, 2),
                         ("--views", views, 2), ("--resolution", resolution, 8)):
         if v < lo:
             raise CtxsslError(f"{name} must be >= {lo}, got {v}", f"pass {name} {max(lo, 2)} or more")

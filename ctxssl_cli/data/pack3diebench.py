@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import re
+import stat
 import tarfile
 import time
 import zlib
@@ -29,10 +30,13 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import yaml
 
+from ctxssl_cli.data.inputs import check_object_id, file_kind, read_npy, read_regular_bytes, require_regular
 from ctxssl_cli.errors import CtxsslError
+from ctxssl_cli.fileio import atomic_write_text, commit, discard, tmp_path_for
 
 IMAGE_RE = re.compile(r"image_(\d+)\.jpg")
 LATENT_RE = re.compile(r"latent_(\d+)\.npy")
+_ID_FIX = "object ids are stored one per line: rename that folder so its name has no newline or control character"
 _HINT = "expected SYNSET/OBJ_ID/image_{i}.jpg and latent_{i}.npy (the extracted 3DIEBench folder or its .tar.gz)"
 
 
@@ -40,12 +44,16 @@ def pack_3diebench(source, out, *, resolution=128, codec="jpeg", train_list=None
                    train_labels=None, val_labels=None, workers=None, overwrite=False, progress=True,
                    jpeg_quality=None) -> dict:
     """Pack 3DIEBench at `source` into a prepared dataset at `out`; returns a summary (counts, size, ...)."""
-    from ctxssl_cli.data import prepared
+    from ctxssl_cli.data.outdir import output_lock
 
     t0 = time.perf_counter()
     source = Path(source).expanduser()
     if not source.exists():
         raise CtxsslError(f"source {source} does not exist",
+                          "pass the extracted 3DIEBench folder or 3DIEBench.tar.gz to --source")
+    mode = source.stat().st_mode
+    if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+        raise CtxsslError(f"source {source} is {file_kind(mode)}, not a folder or a .tar.gz file",
                           "pass the extracted 3DIEBench folder or 3DIEBench.tar.gz to --source")
     if (train_list is None) != (val_list is None):
         raise CtxsslError("only one of the train/val split lists was given", "pass both --train-list and --val-list")
@@ -55,25 +63,58 @@ def pack_3diebench(source, out, *, resolution=128, codec="jpeg", train_list=None
     if int(resolution) < 8:
         raise CtxsslError(f"resolution {resolution} is too small", "use e.g. 128 (the paper) or 64")
     lists = [train_list, val_list, train_labels, val_labels]
-    missing = next((p for p in lists if p is not None and not Path(p).is_file()), None)
-    if missing is not None:
-        raise CtxsslError(f"split file {missing} does not exist",
-                          "check the paths given to --train-list/--val-list/--train-labels/--val-labels")
-    is_archive = source.is_file()
+    for p in lists:
+        if p is not None:
+            require_regular(p, "split file", "check the paths given to --train-list/--val-list/--train-labels/"
+                            "--val-labels")
+    with output_lock(out):
+        summary, n_views = _pack(source, Path(out), resolution, codec, lists, workers, overwrite, progress,
+                                 jpeg_quality)
+    seconds = time.perf_counter() - t0
+    summary.update(unused_objects=summary.pop("objects_found") - sum(summary["counts"].values()),
+                   seconds=round(seconds, 1),
+                   views_per_s=round(sum(summary["counts"].values()) * n_views / max(seconds, 1e-9), 1))
+    return summary
+
+
+def _pack(source: Path, out: Path, resolution, codec, lists, workers, overwrite, progress, jpeg_quality):
+    """The packing itself, with the output lock held; returns (summary, views per object)."""
+    from ctxssl_cli.data import prepared
+    from ctxssl_cli.data.prepared_writer import PreparedWriter
+
+    is_archive, keys, locate = source.is_file(), None, None
     if not is_archive:  # check the layout before touching --out
         keys, locate = _scan_folder(source, exclude=Path(out))
     settings = {"source": {"kind": "archive" if is_archive else "folder", "name": source.name,
                            **({"bytes": source.stat().st_size} if is_archive else {})},
                 "split_files": [_file_digest(p) for p in lists]}
-    writer = prepared.PreparedWriter(out, dataset="3diebench", resolution=resolution, codec=codec,
-                                     settings=settings, overwrite=overwrite,
-                                     jpeg_quality=jpeg_quality or prepared.JPEG_QUALITY)
+    writer = PreparedWriter(out, dataset="3diebench", resolution=resolution, codec=codec, settings=settings,
+                            overwrite=overwrite, jpeg_quality=jpeg_quality or prepared.JPEG_QUALITY)
+    try:
+        return _fill(writer, source, is_archive, keys, locate, settings, lists, codec, resolution, workers,
+                     progress)
+    except CtxsslError:
+        writer.abandon()  # a bad source: an overwrite's build is dropped, the old dataset stays
+        raise
+
+
+def _fill(writer, source, is_archive, keys, locate, settings, lists, codec, resolution, workers, progress):
+    """Steps 1-3 into the claimed writer; returns (summary with objects_found, views per object)."""
+    from ctxssl_cli.data import prepared
+    from ctxssl_cli.data.prepared_writer import fill_chunks, require_train_and_val
+
     # 1. objects (an archive is staged inside --out, so only now)
     if is_archive:
         keys, locate = _stage_archive(source, writer.work / "staging", progress)
     n_views = _count_views(keys[0], locate(keys[0]))
+    if n_views < 2:
+        raise CtxsslError(f"object {keys[0]} in {source} has only image_0.jpg: training pairs need at least 2 "
+                          "views of every object", "use a source with image_0.jpg, image_1.jpg, ... per object "
+                          "(3DIEBench has 50)")
     # 2. split
     splits, classes, split_source = _make_splits(keys, source, *lists)
+    require_train_and_val(splits, "give some synset at least 2 objects (a stratified split keeps one of each "
+                          "class for train), or pass --train-list/--val-list that each name at least one object")
     writer.plan(n_views=n_views, classes=classes, splits=splits, split_source=split_source,
                 source=dict(settings["source"], objects_found=len(keys),
                             resize="Pillow BILINEAR (antialiased), as torchvision Resize on PIL images"),
@@ -85,13 +126,9 @@ def pack_3diebench(source, out, *, resolution=128, codec="jpeg", train_list=None
         key = splits[split][0][i]
         return key, locate(key), n_views, writer.resolution, codec, quality
 
-    prepared.fill_chunks(writer, task, process_object, workers=workers, progress=progress,
+    fill_chunks(writer, task, process_object, workers=workers, progress=progress,
                          label=f"packing 3DIEBench ({codec}, {resolution} px)")
-    summary = writer.finalize()
-    seconds = time.perf_counter() - t0
-    summary.update(unused_objects=len(keys) - sum(summary["counts"].values()), seconds=round(seconds, 1),
-                   views_per_s=round(sum(summary["counts"].values()) * n_views / max(seconds, 1e-9), 1))
-    return summary
+    return dict(writer.finalize(), objects_found=len(keys)), n_views
 
 
 def _file_digest(path):
@@ -99,8 +136,7 @@ def _file_digest(path):
         return None
     import hashlib
 
-    p = Path(path)
-    return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else str(p)
+    return hashlib.sha256(read_regular_bytes(path, "split file", "check the path")).hexdigest()
 
 
 # -- 1a. folder ------------------------------------------------------------------------------------------------
@@ -132,6 +168,8 @@ def _scan_folder(root: Path, exclude: Path | None = None):
         if not objs:
             raise CtxsslError(f"synset folder {syn.name} holds no objects",
                               f"remove the empty folder {syn} or re-extract the archive")
+        for o in objs:
+            check_object_id(f"{syn.name}/{o.name}", f"folder {o}", _ID_FIX)
         keys += [f"{syn.name}/{o.name}" for o in objs]
     return keys, lambda key: ("folder", str(root / key))
 
@@ -171,8 +209,13 @@ def _stage_archive(archive: Path, staging: Path, progress: bool):
             if current is not None and current not in existing:
                 path = staging / f"{current}.st"
                 path.parent.mkdir(exist_ok=True)
-                save_file({k: np.frombuffer(v, np.uint8) for k, v in pending.items()}, str(path) + ".tmp")
-                Path(str(path) + ".tmp").replace(path)
+                tmp = tmp_path_for(path)
+                try:
+                    save_file({k: np.frombuffer(v, np.uint8) for k, v in pending.items()}, str(tmp))
+                    commit(tmp, path)
+                except BaseException:
+                    discard(tmp)
+                    raise
 
         size = archive.stat().st_size
         with open(archive, "rb") as raw, track("reading archive", total=max(1, size >> 20), unit="MiB",
@@ -194,6 +237,7 @@ def _stage_archive(archive: Path, staging: Path, progress: bool):
                             raise CtxsslError(f"archive member {m.name!r} is not under {'/'.join(prefix) or 'the root'}"
                                               " like the others", _HINT)
                         key = f"{parts[-3]}/{parts[-2]}"
+                        check_object_id(key, f"archive member {m.name!r}", "use the original 3DIEBench archive")
                         if key != current:
                             flush()
                             if key in seen:
@@ -220,7 +264,7 @@ def _stage_archive(archive: Path, staging: Path, progress: bool):
             raise CtxsslError(f"synset folder {empty[0]} holds no objects",
                               "use a complete archive (re-download it), or extract it, remove the empty folder, "
                               "and pass the folder")
-        index_file.write_text(yaml.safe_dump({"objects": sorted(seen)}))
+        atomic_write_text(index_file, yaml.safe_dump({"objects": sorted(seen)}))
     keys = yaml.safe_load(index_file.read_text())["objects"]
     return keys, lambda key: ("staged", str(staging / f"{key}.st"))
 
@@ -280,6 +324,11 @@ def _read_object(key: str, where) -> dict:
     files = {}
     for f in Path(path).iterdir():
         if IMAGE_RE.fullmatch(f.name) or LATENT_RE.fullmatch(f.name):
+            mode = f.stat().st_mode if f.exists() else 0
+            if not stat.S_ISREG(mode):
+                what = file_kind(mode) if mode else "a broken link"
+                raise CtxsslError(f"object {key}: {f.name} is {what}, not a regular file",
+                                  f"replace {f} by the real file (re-extract that object)")
             files[f.name] = f
     return files  # values are Paths, read lazily
 
@@ -330,17 +379,13 @@ def process_object(task):
 
 
 def _bytes(v) -> bytes:
-    return v if isinstance(v, bytes) else Path(v).read_bytes()
+    return v if isinstance(v, bytes) else read_regular_bytes(v, "file", "re-extract that object")
 
 
 def _load_latent(data: bytes, key: str, i: int) -> np.ndarray:
     from ctxssl_cli.data.rotations import check_latents
 
-    try:
-        arr = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise CtxsslError(f"object {key} view {i}: latent_{i}.npy is not a readable .npy array ({e})",
-                          "re-extract or re-download that object") from None
+    arr = read_npy(data, f"object {key} view {i}: latent_{i}.npy", "re-extract or re-download that object")
     if arr.size != 7 or arr.ndim > 2 or arr.dtype.kind not in "fiu":
         raise CtxsslError(f"object {key} view {i}: latent_{i}.npy has shape {arr.shape} ({arr.dtype}), expected 7 "
                           "floats", "re-extract or re-download that object")

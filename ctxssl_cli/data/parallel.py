@@ -1,4 +1,4 @@
-"""Parallel helpers for dataset preparation: an ordered process-pool map and a progress bar.
+"""Parallel helpers for dataset preparation: an ordered process-pool map and its progress (`track`).
 
 Rendering and packing fan work out to spawned worker processes (so each worker imports numpy/PIL only, not
 torch) through a bounded window, so memory stays flat however large the dataset is.
@@ -12,23 +12,12 @@ import os
 
 @contextlib.contextmanager
 def track(label: str, total: int, unit: str = "views", enabled: bool = True):
-    """A rich progress bar on stderr with count, rate and ETA; yields `advance(n)`."""
-    if not enabled:
-        yield lambda n=1: None
-        return
-    from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TaskProgressColumn,
-                               TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+    """Progress of a prepare step (ctxssl_cli.progress.Progress: a rich bar on a terminal, a few plain lines on
+    stderr elsewhere); yields `advance(n)`."""
+    from ctxssl_cli.progress import Progress
 
-    class Rate(ProgressColumn):
-        def render(self, task):
-            return f"{task.speed or 0:,.0f}/s"
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-               Rate(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda n=1: bar.advance(task, n)
+    with Progress(label, total, unit=unit, enabled=enabled) as bar:
+        yield lambda n=1: bar.advance(n)
 
 
 def default_workers() -> int:
@@ -76,8 +65,3 @@ def parallel_map(fn, items: list, workers=None):
         finally:
             for fut in queue:
                 fut.cancel()
-
-
-# =========================================================================================================
-# Reader
-# =========================================================================================================

@@ -1,4 +1,4 @@
-"""The prepared dataset format (version 1): a chunked, checksummed, resumable writer and a fast reader.
+"""The prepared dataset format (version 1) and its reader; the writer is in prepared_writer.py.
 
 Layout of a prepared dataset DIR (SPEC §3.3):
 
@@ -10,9 +10,11 @@ Layout of a prepared dataset DIR (SPEC §3.3):
     DIR/<split>/images_00000.jpgs  jpeg codec: the n*V JPEGs of the chunk, concatenated
     DIR/.incomplete/               work in progress: plan.yaml + one safetensors per finished chunk; removed last
 
-A chunk is a run of consecutive objects of one split. Each chunk's image file is written to a temporary
-name and renamed, then its record (latents, JPEG index, pixel histogram, sha256) lands in .incomplete/;
-a rerun with the same plan skips every chunk whose record exists. Nothing is ever one file per image.
+A chunk is a run of consecutive objects of one split. Each chunk's image file is written to a temporary name
+unique to the process and renamed, then its record (latents, JPEG index, pixel histogram, sha256) lands in
+.incomplete/; a rerun with the same plan skips every chunk whose record exists. Nothing is ever one file per
+image. One prepare at a time writes a folder (a lock beside it, data/outdir.py); --overwrite builds the new
+dataset beside the old one and swaps it in when complete.
 torch is imported lazily so that packing workers (spawned processes) stay light.
 """
 
@@ -20,19 +22,12 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import re
-import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import yaml
-from safetensors import safe_open
-from safetensors.numpy import load_file, save
+from safetensors.numpy import load_file
 
-from ctxssl_cli import __version__
-from ctxssl_cli.data.parallel import parallel_map, track
 from ctxssl_cli.errors import CtxsslError
 
 FORMAT = "ctxssl-prepared"
@@ -45,7 +40,18 @@ JPEG_SUBSAMPLING = 2  # 4:2:0 chroma; hue information is global (floor, light), 
 CHUNK_BYTES = 256 << 20  # raw bytes per chunk (sets the objects per chunk for both codecs): resume granularity
 PAPER_MEAN = (0.5016, 0.5037, 0.5060)  # 3DIEBench at 128 px (SPEC §3.2)
 PAPER_STD = (0.1030, 0.0999, 0.0969)
-_SPLIT_FILE = re.compile(r"(object_ids\.txt|meta\.safetensors|images_\d{5}\.(u8|jpgs))(\.tmp)?$")
+SPLITS = ("train", "val")
+_WRITER_NAMES = ("PreparedWriter", "fill_chunks", "Chunk")  # defined in prepared_writer.py, importable from here
+
+
+def __getattr__(name: str):
+    """`from ctxssl_cli.data.prepared import PreparedWriter` keeps working: the writer lives in prepared_writer.py
+    (imported lazily, so that reading a dataset never imports the writer and there is no import cycle)."""
+    if name in _WRITER_NAMES:
+        from ctxssl_cli.data import prepared_writer
+
+        return getattr(prepared_writer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def is_prepared(root) -> bool:
@@ -86,255 +92,12 @@ def encode_views(images_hwc: np.ndarray, codec: str, quality: int = JPEG_QUALITY
     return out, hist
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _canonical(obj) -> dict:
-    return yaml.safe_load(yaml.safe_dump(obj, sort_keys=True))
-
-
-def _digest_lines(lines) -> str:
-    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class Chunk:
-    split: str
-    index: int
-    start: int  # first object (index into the split)
-    stop: int
-
-
-class PreparedWriter:
-    """Writes one prepared dataset, in two phases.
-
-    1. `PreparedWriter(root, settings=...)` claims the output folder for the user's settings: it refuses a
-       folder holding a complete dataset (unless overwrite) or files that are not ours, and resumes an
-       interrupted run whose settings were the same (a different one is refused unless overwrite).
-    2. `plan(...)` fixes the objects (known only after scanning the source), then chunks are written in any
-       order (`pending()` lists what is left) and `finalize()` writes the metadata and, last, the manifest.
-    """
-
-    def __init__(self, root, *, dataset: str, resolution: int, codec: str, settings: dict,
-                 jpeg_quality: int = JPEG_QUALITY, overwrite: bool = False):
-        if codec not in CODECS:
-            raise CtxsslError(f"unknown codec {codec!r}", f"use one of: {', '.join(CODECS)}")
-        self.root, self.work = Path(root), Path(root) / INCOMPLETE
-        self.dataset, self.codec, self.resolution = dataset, codec, int(resolution)
-        self.jpeg_quality = int(jpeg_quality)
-        self.settings = _canonical(dict(settings, dataset=dataset, resolution=self.resolution, codec=codec,
-                                        jpeg_quality=self.jpeg_quality if codec == "jpeg" else None,
-                                        version=VERSION))
-        self.splits: dict = {}
-        self._claim(overwrite)
-
-    # -- the output folder: fresh, resumed, or refused ------------------------------------------------------
-    @staticmethod
-    def _ours(entry: Path) -> bool:
-        if entry.name in (MANIFEST, MANIFEST + ".tmp", INCOMPLETE):
-            return True
-        if entry.is_dir() and entry.name in ("train", "val"):
-            return all(_SPLIT_FILE.fullmatch(p.name) for p in entry.iterdir())
-        return False
-
-    def _claim(self, overwrite: bool) -> None:
-        root = self.root
-        if root.exists() and not root.is_dir():
-            raise CtxsslError(f"{root} is a file, not a folder", "choose a folder path for --out")
-        root.mkdir(parents=True, exist_ok=True)
-        entries = sorted(root.iterdir())
-        foreign = [e.name for e in entries if not self._ours(e)]
-        if foreign:
-            raise CtxsslError(
-                f"{root} holds files that are not part of a ctxssl dataset ({', '.join(foreign[:3])})",
-                "choose an empty or new folder for --out; ctxssl never deletes files it did not write")
-        settings_file = self.work / "settings.yaml"
-        if (root / MANIFEST).exists():
-            if not overwrite:
-                raise CtxsslError(f"{root} already holds a prepared dataset",
-                                  "pass --overwrite to replace it, or choose another --out")
-            _remove(entries)
-        elif settings_file.exists():
-            if yaml.safe_load(settings_file.read_text()) == self.settings:
-                return  # resume: finished work is kept
-            started = any(self.work.glob("*_*.safetensors")) or (self.work / "staging").exists()
-            if started and not overwrite:
-                raise CtxsslError(f"{root} holds an interrupted prepare with different settings",
-                                  "rerun with the same settings to resume it, or pass --overwrite to start over")
-            _remove(entries)
-        elif entries:
-            if not overwrite:
-                raise CtxsslError(f"{root} holds a partial dataset without resume information",
-                                  "pass --overwrite to start over, or choose another --out")
-            _remove(entries)
-        self.work.mkdir()
-        _atomic_write(settings_file, yaml.safe_dump(self.settings, sort_keys=True).encode())
-
-    def plan(self, *, n_views: int, classes: list[str], splits: dict, split_source: str, source: dict,
-             mean=None, std=None) -> None:
-        """Fix the objects: `splits` maps split name -> (object_ids, labels). mean/std None: computed over
-        the train split's pixels while writing. Work left by an interrupted run for other objects is dropped."""
-        self.n_views = int(n_views)
-        self.splits = {k: (list(ids), np.asarray(lab, np.int64)) for k, (ids, lab) in splits.items()}
-        self.chunk_objects = chunk_objects_for(self.n_views, self.resolution)
-        self.fixed_norm = None if mean is None else ([float(v) for v in mean], [float(v) for v in std])
-        self.head = {
-            "format": FORMAT, "version": VERSION, "dataset": self.dataset, "resolution": self.resolution,
-            "codec": self.codec, "n_views": self.n_views, "classes": list(classes),
-            "counts": {k: len(v[0]) for k, v in self.splits.items()}, "split": split_source,
-            "chunk_objects": self.chunk_objects, "source": dict(source),
-        }
-        if self.codec == "jpeg":
-            self.head["jpeg"] = {"quality": self.jpeg_quality, "subsampling": "4:2:0", "encoder": "Pillow"}
-        plan = _canonical(dict(self.head, norm=self.fixed_norm, objects={
-            k: {"ids_sha256": _digest_lines(ids), "labels_sha256": hashlib.sha256(lab.tobytes()).hexdigest()}
-            for k, (ids, lab) in self.splits.items()}))
-        plan_file = self.work / "plan.yaml"
-        if plan_file.exists() and yaml.safe_load(plan_file.read_text()) != plan:
-            _remove(sorted(self.work.glob("*_*.safetensors")))
-            _remove([self.root / s for s in ("train", "val") if (self.root / s).exists()])
-        _atomic_write(plan_file, yaml.safe_dump(plan, sort_keys=True).encode())
-
-    # -- chunks -----------------------------------------------------------------------------------------------
-    def chunks(self) -> list[Chunk]:
-        out = []
-        for split, (ids, _) in self.splits.items():
-            for k, start in enumerate(range(0, len(ids), self.chunk_objects)):
-                out.append(Chunk(split, k, start, min(start + self.chunk_objects, len(ids))))
-        return out
-
-    def _record(self, c: Chunk) -> Path:
-        return self.work / f"{c.split}_{c.index:05d}.safetensors"
-
-    def is_done(self, c: Chunk) -> bool:
-        rec, img = self._record(c), self.root / image_name(c.split, c.index, self.codec)
-        if not rec.exists() or not img.exists():
-            return False
-        with safe_open(str(rec), "np") as f:
-            return int(f.metadata()["bytes"]) == img.stat().st_size
-
-    def pending(self) -> list[Chunk]:
-        return [c for c in self.chunks() if not self.is_done(c)]
-
-    def write_chunk(self, c: Chunk, objects: list) -> None:
-        """`objects`: per object of the chunk, in order, (payload, latents (V, 7), hist (3, 256))."""
-        assert len(objects) == c.stop - c.start, "one result per object of the chunk"
-        n, v = len(objects), self.n_views
-        latents = np.stack([np.asarray(o[1], np.float32).reshape(v, 7) for o in objects])
-        hist = np.sum([o[2] for o in objects], axis=0).astype(np.int64)
-        img_path = self.root / image_name(c.split, c.index, self.codec)
-        img_path.parent.mkdir(exist_ok=True)
-        tmp = img_path.with_name(img_path.name + ".tmp")
-        sha, size = hashlib.sha256(), 0
-        tensors = {"latents": latents, "hist": hist}
-        with open(tmp, "wb") as f:
-            if self.codec == "raw":
-                shape = (v, 3, self.resolution, self.resolution)
-                for payload, *_ in objects:
-                    assert payload.shape == shape and payload.dtype == np.uint8, payload.shape
-                    data = payload.tobytes()
-                    f.write(data), sha.update(data)
-                    size += len(data)
-            else:
-                lengths = np.array([[len(b) for b in o[0]] for o in objects], np.int64).reshape(n, v)
-                offsets = (np.cumsum(lengths.ravel()) - lengths.ravel()).reshape(n, v)
-                for payload, *_ in objects:
-                    for b in payload:
-                        f.write(b), sha.update(b)
-                size = int(lengths.sum())
-                tensors.update(jpeg_offsets=offsets, jpeg_lengths=lengths)
-        os.replace(tmp, img_path)
-        _atomic_write(self._record(c), save(tensors, metadata={"sha256": sha.hexdigest(), "bytes": str(size)}))
-
-    # -- finalize -------------------------------------------------------------------------------------------
-    def finalize(self) -> dict:
-        """Assemble the per-split metadata, write the manifest last, drop the work folder."""
-        todo = self.pending()
-        if todo:
-            raise CtxsslError(f"{len(todo)} chunks are not written yet", "rerun the same prepare command")
-        files, chunk_lists, hist = [], {}, np.zeros((3, 256), np.int64)
-        for split, (ids, labels) in self.splits.items():
-            recs, chunk_lists[split] = [], []
-            for c in (c for c in self.chunks() if c.split == split):
-                with safe_open(str(self._record(c)), "np") as f:
-                    meta = f.metadata()
-                    recs.append({k: f.get_tensor(k) for k in f.keys()})
-                name = image_name(split, c.index, self.codec)
-                files.append({"path": name, "bytes": int(meta["bytes"]), "sha256": meta["sha256"]})
-                chunk_lists[split].append({"file": name, "start": c.start, "count": c.stop - c.start})
-                if split == "train":
-                    hist += recs[-1]["hist"]
-            split_dir = self.root / split
-            split_dir.mkdir(exist_ok=True)
-            empty_lat = np.zeros((0, self.n_views, 7), np.float32)
-            tensors = {"labels": labels, "latents": np.concatenate([r["latents"] for r in recs]) if recs else empty_lat}
-            if self.codec == "jpeg":
-                for key in ("jpeg_offsets", "jpeg_lengths"):
-                    empty = np.zeros((0, self.n_views), np.int64)
-                    tensors[key] = np.concatenate([r[key] for r in recs]) if recs else empty
-            _atomic_write(split_dir / "meta.safetensors", save(tensors))
-            _atomic_write(split_dir / "object_ids.txt", "".join(i + "\n" for i in ids).encode())
-            for name in ("meta.safetensors", "object_ids.txt"):
-                p = split_dir / name
-                files.append({"path": f"{split}/{name}", "bytes": p.stat().st_size,
-                              "sha256": hashlib.sha256(p.read_bytes()).hexdigest()})
-        if self.fixed_norm is not None:
-            (mean, std), how = self.fixed_norm, "given"
-        else:
-            (mean, std), how = _hist_mean_std(hist), "computed over the train split"
-        manifest = dict(self.head, normalisation={"mean": mean, "std": std, "source": how},
-                        chunks=chunk_lists, files=files, created_by=f"ctxssl {__version__}")
-        _atomic_write(self.root / MANIFEST, yaml.safe_dump(manifest, sort_keys=False).encode())
-        shutil.rmtree(self.work)
-        size = sum(f["bytes"] for f in files) + (self.root / MANIFEST).stat().st_size
-        return {"out": str(self.root), "size_bytes": size, "size": human_size(size),
-                "counts": dict(self.head["counts"]),
-                "codec": self.codec, "resolution": self.resolution, "n_views": self.n_views}
-
-
 def human_size(n: int) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1000 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
         n /= 1000
     return ""
-
-
-def _remove(entries) -> None:
-    for e in entries:  # callers pass only entries that are ours
-        shutil.rmtree(e) if e.is_dir() else e.unlink()
-
-
-def _hist_mean_std(hist: np.ndarray):
-    """Per-channel mean and std in [0, 1] units from (3, 256) value histograms (exact)."""
-    vals = np.arange(256, dtype=np.float64) / 255.0
-    count = np.maximum(hist.sum(axis=1), 1)
-    mean = (hist * vals).sum(axis=1) / count
-    var = (hist * vals**2).sum(axis=1) / count - mean**2
-    std = np.sqrt(np.maximum(var, 1e-12))
-    return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
-
-
-def fill_chunks(writer: PreparedWriter, tasks, work_fn, *, workers=None, progress=True, label="packing") -> None:
-    """Run `work_fn(task)` for every object of every pending chunk, in parallel, and write the chunks in order.
-
-    `tasks(split, i)` builds the picklable task of object i of a split; `work_fn` runs in a worker process and
-    returns (payload, latents, hist). The main process only writes: workers decode/render/encode.
-    """
-    pending = writer.pending()
-    flat = [(c, i) for c in pending for i in range(c.start, c.stop)]
-    n_views = writer.n_views
-    with track(label, total=len(flat) * n_views, unit="views", enabled=progress) as advance:
-        results: list = []
-        for (c, i), res in zip(flat, parallel_map(work_fn, [tasks(c.split, i) for c, i in flat], workers)):
-            results.append(res)
-            advance(n_views)
-            if i == c.stop - 1:
-                writer.write_chunk(c, results)
-                results = []
 
 
 class PreparedDataset:

@@ -2,8 +2,9 @@
 
 The published 3DIEBench split (SIE repository, `data/train_images.npy`, `val_images.npy`, `train_labels.npy`,
 `val_labels.npy`, SPEC §3.2) holds object paths "SYNSET/OBJ_ID" (sometimes with a leading "/") and int labels.
-We load them with allow_pickle=False (string arrays of dtype '<U..' need no pickle) and also accept plain
-text files with one entry per line.
+We load them with allow_pickle=False (string arrays of dtype '<U..' need no pickle; data/inputs.py checks the
+header first and refuses FIFOs and other non-regular files) and also accept plain UTF-8 text files with one entry
+per line.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ctxssl_cli.data.inputs import check_object_id, decode_text, read_npy, read_regular_bytes
 from ctxssl_cli.errors import CtxsslError
+
+MAX_LABEL = 999_999  # class names are listed up to the largest label: a huge label would make a huge list
 
 
 def stratified_split(object_ids: list[str], labels: np.ndarray, val_fraction: float = 0.2,
@@ -48,21 +52,31 @@ def normalise_key(entry: str) -> str:
     return "/".join(parts[-2:])
 
 
+_LIST_FIX = "pass the *_images.npy file (a 1-d array of object paths), or a text file with one SYNSET/OBJ_ID per line"
+_LABELS_FIX = "pass the *_labels.npy file, or a text file with one integer per line"
+_PICKLE_FIX = ("re-save it as a text list: one entry per line "
+               "(e.g. `open('f.txt','w').write('\\n'.join(map(str, arr)))`)")
+
+
 def read_split_list(path) -> list[str]:
     """Object keys 'SYNSET/OBJ_ID' from a published .npy split file or a text file (one per line)."""
     path = Path(path)
-    if not path.is_file():
-        raise CtxsslError(f"split file {path} does not exist", "check the path given to --train-list/--val-list")
+    data = read_regular_bytes(path, "split file", "check the path given to --train-list/--val-list")
     if path.suffix == ".npy":
-        arr = _load_npy(path)
+        arr = read_npy(data, f"split file {path}", _LIST_FIX, _PICKLE_FIX)
         if arr.dtype.kind not in "US":
-            raise CtxsslError(f"split file {path} holds {arr.dtype} values, not object paths",
-                              "pass the *_images.npy file (object paths), or a text file with one "
-                              "SYNSET/OBJ_ID per line")
-        entries = [e.decode() if isinstance(e, bytes) else str(e) for e in arr.reshape(-1).tolist()]
+            raise CtxsslError(f"split file {path} holds {arr.dtype} values, not object paths", _LIST_FIX)
+        if arr.ndim != 1:
+            raise CtxsslError(f"split file {path} holds an array of shape {arr.shape}, not a 1-d list of object "
+                              "paths", _LIST_FIX)
+        entries = [e.decode(errors="replace") if isinstance(e, bytes) else str(e) for e in arr.tolist()]
     else:
-        entries = [ln for ln in path.read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        text = decode_text(data, f"split file {path}", _LIST_FIX)
+        lines = text.split("\n")  # not splitlines(): a vertical tab or U+2028 inside an entry is an error, not a break
+        entries = [ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
     keys = [normalise_key(e) for e in entries]
+    for e, k in zip(entries, keys):
+        check_object_id(k, f"split file {path}", "fix or regenerate the split file")
     bad = next((e for e, k in zip(entries, keys) if k.count("/") != 1), None)
     if bad is not None:
         raise CtxsslError(f"split file {path}: entry {bad!r} is not SYNSET/OBJ_ID", "fix or regenerate the split file")
@@ -75,38 +89,32 @@ def read_split_list(path) -> list[str]:
 def read_labels(path, n: int) -> np.ndarray:
     """int64 labels (n,) from a published .npy labels file or a text file (one int per line)."""
     path = Path(path)
-    if not path.is_file():
-        raise CtxsslError(f"labels file {path} does not exist", "check the path given to --train-labels/--val-labels")
-    try:
-        if path.suffix == ".npy":
-            arr = _load_npy(path).reshape(-1)
-            if arr.dtype.kind not in "iu" and not (arr.dtype.kind == "f" and np.all(arr == np.round(arr))):
-                raise ValueError(arr.dtype)
-            labels = arr.astype(np.int64)
-        else:
-            labels = np.array([int(ln) for ln in path.read_text().split()], np.int64)
-    except ValueError:
-        raise CtxsslError(f"labels file {path} does not hold integer labels",
-                          "pass the *_labels.npy file, or a text file with one integer per line") from None
+    data = read_regular_bytes(path, "labels file", "check the path given to --train-labels/--val-labels")
+    not_int = CtxsslError(f"labels file {path} does not hold integer labels", _LABELS_FIX)
+    if path.suffix == ".npy":
+        arr = read_npy(data, f"labels file {path}", _LABELS_FIX, _PICKLE_FIX).reshape(-1)
+        kind = arr.dtype.kind
+        if kind == "f":
+            if not (np.all(np.isfinite(arr)) and np.all(arr == np.round(arr))):
+                raise not_int
+        elif kind not in "iu":
+            raise CtxsslError(f"labels file {path} holds {arr.dtype} values, not integer labels", _LABELS_FIX)
+        labels = arr.astype(np.int64)
+    else:
+        try:
+            labels = np.array([int(w) for w in decode_text(data, f"labels file {path}", _LABELS_FIX).split()],
+                              np.int64)
+        except (ValueError, OverflowError):
+            raise not_int from None
     if len(labels) != n:
         raise CtxsslError(f"labels file {path} has {len(labels)} labels but its split list has {n} objects",
                           "pass the labels file that belongs to that split list")
     if len(labels) and labels.min() < 0:
         raise CtxsslError(f"labels file {path} holds negative labels", "labels must be class indices 0..K-1")
+    if len(labels) and labels.max() > MAX_LABEL:
+        raise CtxsslError(f"labels file {path} holds label {labels.max()}", f"labels must be class indices 0..K-1 "
+                          f"with K at most {MAX_LABEL + 1:,}")
     return labels
-
-
-def _load_npy(path: Path) -> np.ndarray:
-    try:
-        return np.load(path, allow_pickle=False)
-    except ValueError as e:
-        if "allow_pickle" in str(e):
-            raise CtxsslError(f"{path} needs pickle to load (an object array); ctxssl never unpickles files",
-                              "re-save it as a text list: one entry per line "
-                              "(e.g. `open('f.txt','w').write('\\n'.join(map(str, arr)))`)") from None
-        raise CtxsslError(f"{path} is not a readable .npy file ({e})", "re-download or re-save it") from None
-    except OSError as e:
-        raise CtxsslError(f"{path} is not a readable .npy file ({e})", "re-download or re-save it") from None
 
 
 def _first_duplicate(keys):

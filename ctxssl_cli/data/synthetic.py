@@ -4,6 +4,8 @@ layout="prepared" writes the prepared format (raw codec; normalisation computed 
 layout="3diebench" writes 3DIEBench's on-disk layout (SYNSET/OBJ_ID/image_i.jpg + latent_i.npy, via
 raw_layout.write_raw_object, atomic per object) so that the real-data path can be tested end to end; a
 hidden marker file `.ctxssl_raw.yaml` records the settings and completion (the packer ignores hidden files).
+Both layouts hold the output lock (data/outdir.py) while writing; --overwrite renders into a folder beside the
+old dataset and swaps it in when complete.
 
 Object ids are "SYNSET/OBJ" with SYNSET = raw_layout.synset_name(class) and OBJ = f"{obj:05d}", the same in
 both layouts; the split is class-stratified 80/20 by object with the dataset seed.
@@ -11,16 +13,20 @@ both layouts; the split is class-stratified 80/20 by object with the dataset see
 
 from __future__ import annotations
 
-import os
+import re
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import yaml
 
+from ctxssl_cli.data.outdir import build_dir, output_lock, swap_in
 from ctxssl_cli.errors import CtxsslError
+from ctxssl_cli.fileio import atomic_write_text
 
 RAW_MARKER = ".ctxssl_raw.yaml"
+_RAW_TEMP = re.compile(r"\.\.ctxssl_raw\.yaml\.tmp-\d+|\.ctxssl_raw\.yaml\.tmp")  # its temp names (now, before)
 LAYOUTS = ("prepared", "3diebench")
 
 
@@ -36,8 +42,9 @@ def prepare_synthetic(out, *, classes=10, objects_per_class=50, views=50, resolu
         raise CtxsslError(f"unknown layout {layout!r}", f"use one of: {', '.join(LAYOUTS)}")
     if not 1 <= int(classes) <= len(CLASS_NAMES):
         raise CtxsslError(f"classes={classes} is out of range", f"the renderer has 1..{len(CLASS_NAMES)} classes")
-    if int(objects_per_class) < 1:
-        raise CtxsslError(f"objects_per_class={objects_per_class} must be >= 1", "use e.g. 50")
+    if int(objects_per_class) < 2:
+        raise CtxsslError(f"objects_per_class={objects_per_class} must be >= 2 (the val split holds one object "
+                          "of each class or more, the train split the rest)", "use e.g. 50")
     if int(views) < 2:
         raise CtxsslError(f"views={views} must be >= 2 (pairs need two distinct views)", "use e.g. 50")
     if int(resolution) < 8:
@@ -46,10 +53,11 @@ def prepare_synthetic(out, *, classes=10, objects_per_class=50, views=50, resolu
     source = {"kind": "synthetic", "seed": int(seed), "classes": classes, "objects_per_class": objects_per_class,
               "views": views, "renderer_version": RENDER_VERSION}
     t0 = time.perf_counter()
-    if layout == "prepared":
-        summary = _prepare(Path(out), source, resolution, CLASS_NAMES[:classes], workers, overwrite, progress)
-    else:
-        summary = _raw(Path(out), source, resolution, workers, overwrite, progress)
+    with output_lock(out):
+        if layout == "prepared":
+            summary = _prepare(Path(out), source, resolution, CLASS_NAMES[:classes], workers, overwrite, progress)
+        else:
+            summary = _raw(Path(out), source, resolution, workers, overwrite, progress)
     seconds = time.perf_counter() - t0
     n_views = classes * objects_per_class * views
     summary.update(layout=layout, views=n_views, seconds=round(seconds, 2),
@@ -100,7 +108,7 @@ def _object_ids(source: dict) -> tuple[list[str], np.ndarray]:
 
 
 def _prepare(out: Path, source: dict, resolution: int, class_names, workers, overwrite, progress) -> dict:
-    from ctxssl_cli.data.prepared import PreparedWriter, fill_chunks
+    from ctxssl_cli.data.prepared_writer import PreparedWriter, fill_chunks, require_train_and_val
     from ctxssl_cli.data.splits import stratified_split
 
     writer = PreparedWriter(out, dataset="synthetic", resolution=resolution, codec="raw",
@@ -108,6 +116,7 @@ def _prepare(out: Path, source: dict, resolution: int, class_names, workers, ove
     ids, labels = _object_ids(source)
     tr, va = stratified_split(ids, labels, val_fraction=0.2, seed=source["seed"])
     splits = {"train": ([ids[i] for i in tr], labels[tr]), "val": ([ids[i] for i in va], labels[va])}
+    require_train_and_val(splits, "use --objects-per-class 2 or more")
     writer.plan(n_views=source["views"], classes=list(class_names), splits=splits,
                 split_source=f"stratified-seed-{source['seed']}", source=source)
 
@@ -139,16 +148,18 @@ def _raw(out: Path, source: dict, resolution: int, workers, overwrite, progress)
 
     settings = dict(source, resolution=resolution)
     ours = {synset_name(c) for c in range(source["classes"])}
-    _claim_raw(out, settings, ours, overwrite)
+    target = _claim_raw(out, settings, ours, overwrite)  # `out`, or a build folder beside it (overwrite)
     ids, labels = _object_ids(source)
-    todo = [(str(out), source["seed"], int(lab), key, source["views"], resolution)
-            for key, lab in zip(ids, labels) if not (out / key).is_dir()]
+    todo = [(str(target), source["seed"], int(lab), key, source["views"], resolution)
+            for key, lab in zip(ids, labels) if not (target / key).is_dir()]
     with track(f"rendering {resolution} px (raw layout)", total=len(ids) * source["views"],
                enabled=progress) as advance:
         advance((len(ids) - len(todo)) * source["views"])
         for n in parallel_map(raw_task, todo, workers):
             advance(n)
-    _write_marker(out, dict(settings=settings, complete=True))
+    _write_marker(target, dict(settings=settings, complete=True))
+    if target != out:
+        swap_in(target, out)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     n_cls = np.bincount(labels)
     return {"out": str(out), "size_bytes": size, "size": human_size(size),
@@ -167,7 +178,9 @@ def raw_task(task) -> int:
     return n_views
 
 
-def _claim_raw(out: Path, settings: dict, ours: set, overwrite: bool) -> None:
+def _claim_raw(out: Path, settings: dict, ours: set, overwrite: bool, beside: bool = True) -> Path:
+    """Make `out` ready for a raw render and return the folder to render into: `out` itself (fresh or resumed),
+    or with overwrite a build folder beside it that replaces `out` once complete."""
     if out.exists() and not out.is_dir():
         raise CtxsslError(f"{out} is a file, not a folder", "choose a folder path for --out")
     out.mkdir(parents=True, exist_ok=True)
@@ -178,7 +191,7 @@ def _claim_raw(out: Path, settings: dict, ours: set, overwrite: bool) -> None:
                           "choose an empty or new folder for --out")
     if marker.exists():
         state = yaml.safe_load(marker.read_text()) or {}
-        foreign = [e.name for e in entries if e.name not in ours | {RAW_MARKER, RAW_MARKER + ".tmp"}]
+        foreign = [e.name for e in entries if e.name not in ours | {RAW_MARKER} and not _RAW_TEMP.fullmatch(e.name)]
         if foreign:
             raise CtxsslError(f"{out} holds files that ctxssl did not write ({foreign[0]})",
                               "choose an empty or new folder for --out; ctxssl never deletes files it did not write")
@@ -188,16 +201,15 @@ def _claim_raw(out: Path, settings: dict, ours: set, overwrite: bool) -> None:
                 what = "a rendered dataset" if state.get("complete") else "an interrupted render with other settings"
                 raise CtxsslError(f"{out} already holds {what}",
                                   "pass --overwrite to replace it, or choose another --out")
-            import shutil
-
+            if beside:
+                return _claim_raw(build_dir(out), settings, ours, overwrite=True, beside=False)
             for e in entries:
                 shutil.rmtree(e) if e.is_dir() else e.unlink()
         else:
-            return  # resume: objects already written are kept
+            return out  # resume: objects already written are kept
     _write_marker(out, dict(settings=settings, complete=False))
+    return out
 
 
 def _write_marker(out: Path, state: dict) -> None:
-    tmp = out / (RAW_MARKER + ".tmp")
-    tmp.write_text(yaml.safe_dump(state, sort_keys=True))
-    os.replace(tmp, out / RAW_MARKER)
+    atomic_write_text(out / RAW_MARKER, yaml.safe_dump(state, sort_keys=True))
