@@ -59,6 +59,7 @@ class Progress:
         self._start_completed = self.completed
         self._t0 = time.perf_counter()
         self._last_emit: float | None = None
+        self._emitted_at = -1  # `completed` at the last plain line (the exit line is not printed twice)
         self._bar = self._task = None
         self._transient = transient
 
@@ -100,8 +101,6 @@ class Progress:
             if (self._last_emit is None or now - self._last_emit >= self.interval
                     or (self.total and self.completed >= self.total)):
                 self._emit(now)
-
-    _emitted_at = -1
 
     def line(self) -> str:
         """The plain progress line for the current state."""

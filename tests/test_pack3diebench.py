@@ -215,18 +215,10 @@ def test_refuses_existing_dataset_and_foreign_files(raw, tmp_path):
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
-def test_resume_after_interruption_equals_uninterrupted(raw, tmp_path, monkeypatch):
+def test_resume_after_interruption_equals_uninterrupted(raw, tmp_path, monkeypatch, interrupt_chunks):
     monkeypatch.setattr(prepared, "CHUNK_BYTES", 3 * 4 * 3 * 16 * 16)  # 3 objects per chunk
     _pack(raw, tmp_path / "ref", codec="jpeg")
-    real, calls = prepared.PreparedWriter.write_chunk, []
-
-    def flaky(self, c, objects):
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        calls.append(c)
-        real(self, c, objects)
-
-    monkeypatch.setattr(prepared.PreparedWriter, "write_chunk", flaky)
+    interrupt_chunks(2)
     with pytest.raises(KeyboardInterrupt):
         _pack(raw, tmp_path / "out", codec="jpeg")
     assert not prepared.is_prepared(tmp_path / "out")
@@ -234,8 +226,7 @@ def test_resume_after_interruption_equals_uninterrupted(raw, tmp_path, monkeypat
         PreparedDataset(tmp_path / "out")
     with pytest.raises(CtxsslError, match="different settings"):
         _pack(raw, tmp_path / "out", codec="raw")
-    monkeypatch.setattr(prepared.PreparedWriter, "write_chunk", real)
-    done = []
+    real, done = interrupt_chunks.real, []
     monkeypatch.setattr(prepared.PreparedWriter, "write_chunk",
                         lambda self, c, o: (done.append(c), real(self, c, o)))
     _pack(raw, tmp_path / "out", codec="jpeg")

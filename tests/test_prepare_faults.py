@@ -80,23 +80,15 @@ def test_second_prepare_into_the_same_out_is_refused_naming_the_holder(tmp_path)
     assert sorted(p.name for p in out.iterdir()) == ["manifest.yaml", "train", "val"]
 
 
-def test_stale_temp_files_of_a_dead_writer_are_ours_and_cleared_on_resume(tmp_path, monkeypatch):
+def test_stale_temp_files_of_a_dead_writer_are_ours_and_cleared_on_resume(tmp_path, monkeypatch, interrupt_chunks):
     monkeypatch.setattr(prepared, "CHUNK_BYTES", 3 * 3 * 16 * 16)  # 1 object per chunk
-    real, calls = prepared.PreparedWriter.write_chunk, []
-
-    def flaky(self, c, objects):
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        calls.append(c)
-        real(self, c, objects)
-
-    monkeypatch.setattr(prepared.PreparedWriter, "write_chunk", flaky)
+    interrupt_chunks(2)
     with pytest.raises(KeyboardInterrupt):
         prepare_synthetic(tmp_path / "d", **TINY)
     stale = tmp_path / "d" / "train" / ".images_00007.u8.tmp-999999"  # another process's temp name
     stale.write_bytes(b"half")
     (tmp_path / "d" / ".manifest.yaml.tmp-999999").write_bytes(b"half")
-    monkeypatch.setattr(prepared.PreparedWriter, "write_chunk", real)
+    interrupt_chunks.disarm()
     prepare_synthetic(tmp_path / "d", **TINY)
     assert not stale.exists() and not (tmp_path / "d" / ".manifest.yaml.tmp-999999").exists()
     PreparedDataset(tmp_path / "d").verify()
@@ -120,18 +112,16 @@ def test_overwrite_with_a_bad_source_keeps_the_old_dataset(raw, tmp_path):
     assert PreparedDataset(out).manifest_sha256 == before
 
 
-def test_interrupted_overwrite_keeps_the_old_dataset_then_completes(tmp_path, monkeypatch):
+def test_interrupted_overwrite_keeps_the_old_dataset_then_completes(tmp_path, interrupt_chunks):
     out = tmp_path / "d"
     prepare_synthetic(out, **TINY)
     before = PreparedDataset(out).manifest_sha256
-    real = prepared.PreparedWriter.write_chunk
-    monkeypatch.setattr(prepared.PreparedWriter, "write_chunk",
-                        lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    interrupt_chunks(0)
     with pytest.raises(KeyboardInterrupt):
         prepare_synthetic(out, overwrite=True, **dict(TINY, seed=1))
     assert PreparedDataset(out).manifest_sha256 == before  # still the old one, readable
     assert build_dir(out).is_dir()  # the half-built new one waits beside it
-    monkeypatch.setattr(prepared.PreparedWriter, "write_chunk", real)
+    interrupt_chunks.disarm()
     prepare_synthetic(out, overwrite=True, **dict(TINY, seed=1))
     assert PreparedDataset(out).manifest["split"] == "stratified-seed-1"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]

@@ -43,21 +43,13 @@ def test_worker_count_does_not_change_the_data(tmp_path):
         assert (tmp_path / "a" / f["path"]).read_bytes() == (tmp_path / "b" / f["path"]).read_bytes()
 
 
-def test_resume_and_refuse_overwrite(tmp_path, monkeypatch):
+def test_resume_and_refuse_overwrite(tmp_path, monkeypatch, interrupt_chunks):
     monkeypatch.setattr(prepared, "CHUNK_BYTES", 2 * 3 * 3 * 16 * 16)  # 2 objects per chunk
     prepare_synthetic(tmp_path / "ref", workers=0, **TINY)
-    real, calls = prepared.PreparedWriter.write_chunk, []
-
-    def flaky(self, c, objects):
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        calls.append(c)
-        real(self, c, objects)
-
-    monkeypatch.setattr(prepared.PreparedWriter, "write_chunk", flaky)
+    interrupt_chunks(3)
     with pytest.raises(KeyboardInterrupt):
         prepare_synthetic(tmp_path / "d", workers=0, **TINY)
-    monkeypatch.setattr(prepared.PreparedWriter, "write_chunk", real)
+    interrupt_chunks.disarm()
     prepare_synthetic(tmp_path / "d", workers=0, **TINY)
     assert PreparedDataset(tmp_path / "d").manifest_sha256 == PreparedDataset(tmp_path / "ref").manifest_sha256
     with pytest.raises(CtxsslError, match="already holds a prepared dataset.*--overwrite"):

@@ -1,4 +1,4 @@
-"""What every command shares: the stderr console, progress bars, run lookup, and option aliases."""
+"""What every command shares: the stdout/stderr consoles, run lookup, and option aliases (progress: ctxssl_cli/progress.py)."""
 
 from __future__ import annotations
 
@@ -7,28 +7,12 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
 
 from ctxssl_cli.paths import latest_run  # noqa: F401  (the commands import it from here)
 
 # Results go to stdout; progress, logs and errors to stderr (so `ctxssl evaluate > table.txt` stays clean).
 out = Console()
 err = Console(stderr=True)
-
-
-def progress_bar(transient: bool = False) -> Progress:
-    """A rich progress bar on stderr with count, rate-bearing description, elapsed time and ETA."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(bar_width=20),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=err,
-        transient=transient,
-    )
 
 
 # Shared option aliases -------------------------------------------------------------------------------------

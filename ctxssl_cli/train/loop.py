@@ -32,7 +32,7 @@ from ctxssl_cli.fileio import atomic_write_text
 from ctxssl_cli.progress import Progress
 from ctxssl_cli.data.schema import ACTION_DIM
 from ctxssl_cli.model.build import build_model
-from ctxssl_cli.spec import RunSpec, spec_from_yaml_text, stored_meta, to_yaml
+from ctxssl_cli.spec import OPTIMISATION_KEYS, RunSpec, spec_from_yaml_text, stored_meta, to_yaml
 from ctxssl_cli.train import dist as D
 from ctxssl_cli.schedule import warmup_cosine
 from ctxssl_cli.train.step import compute_loss, sample_env, step_mask
@@ -44,9 +44,6 @@ LOG_NAME = "train.log"
 # the run is observed, not what one step computes).
 RESUMABLE_CHANGES = {"train.epochs", "train.max_steps", "train.checkpoint_every", "train.log_every",
                      "data.workers", "data.path"}
-# Optimisation keys that --resume --set may change (e.g. a lower lr or a grad clip after a non-finite loss): the
-# run's spec records each change and the step it took effect (meta.changes).
-OPTIMISATION_CHANGES = {"train.lr", "train.grad_clip", "train.max_steps"}
 # What a run folder may hold: the files the trainer writes and the folders embed/evaluate add to it.
 RUN_ENTRIES = {SPEC_NAME, CHECKPOINT_NAME, METRICS_NAME, LOG_NAME, "embeddings", "eval"}
 
@@ -199,11 +196,11 @@ def prepare_run_dir(run_dir: Path, spec: RunSpec, resume: bool, data: PreparedDa
         stored_yaml = stored_ckpt.spec_yaml
         stored = spec_from_yaml_text(stored_yaml)
         changed_keys = diff_specs(stored, spec)
-        changed = [k for k in changed_keys if k not in RESUMABLE_CHANGES | OPTIMISATION_CHANGES]
+        changed = [k for k in changed_keys if k not in RESUMABLE_CHANGES | OPTIMISATION_KEYS]
         if changed:
             raise CtxsslError(f"--resume: the command's spec differs from the run's in {', '.join(changed)}",
                               f"resume with the run's spec (--preset {run_dir / SPEC_NAME}) or start a new run; "
-                              f"--resume may change only {', '.join(sorted(RESUMABLE_CHANGES | OPTIMISATION_CHANGES))}")
+                              f"--resume may change only {', '.join(sorted(RESUMABLE_CHANGES | OPTIMISATION_KEYS))}")
         meta = stored_meta(stored_yaml)
         trained_on = meta.get("data_manifest_sha256")
         if data is not None and trained_on and trained_on != data.manifest_sha256:
@@ -215,7 +212,7 @@ def prepare_run_dir(run_dir: Path, spec: RunSpec, resume: bool, data: PreparedDa
         return list(meta.get("changes") or []) + [
             {"step": step, "key": k, "from": old[k.split(".")[0]][k.split(".")[1]],
              "to": new[k.split(".")[0]][k.split(".")[1]]}
-            for k in changed_keys if k in OPTIMISATION_CHANGES | {"train.epochs"}]
+            for k in changed_keys if k in OPTIMISATION_KEYS | {"train.epochs"}]
     # a folder from a start that failed before its first checkpoint: begin again from a clean log
     for name in (METRICS_NAME, LOG_NAME):
         (run_dir / name).unlink(missing_ok=True)
