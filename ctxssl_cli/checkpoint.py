@@ -28,6 +28,7 @@ same metadata-plus-tensors hash.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from safetensors.torch import load_file, save_file
 
 from ctxssl_cli import __version__
 from ctxssl_cli.errors import CtxsslError
-from ctxssl_cli.fileio import commit, tmp_path_for
+from ctxssl_cli.fileio import commit, discard, os_error_of, tmp_path_for
 
 FORMAT = "ctxssl-checkpoint"
 FORMAT_VERSION = "2"  # 2: content_sha256 covers the metadata too (1: tensors only)
@@ -114,7 +115,10 @@ def _unflatten_optimizer(ckpt: Checkpoint) -> dict:
 
 def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
                     spec_yaml: str, position: dict[str, int], extra_meta: dict[str, str] | None = None) -> None:
-    """Write the checkpoint atomically: a crash (even kill -9) leaves the previous complete file in place."""
+    """Write the checkpoint atomically: a crash (even kill -9) leaves the previous complete file in place.
+
+    A failed write (a full disk, a read-only folder) removes its temp file and raises an OSError naming `path`.
+    """
     path = Path(path)
     tensors = {f"{MODEL}{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "ctxssl_version": __version__, "spec": spec_yaml}
@@ -130,8 +134,16 @@ def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     meta.update(extra_meta or {})
     meta = sealed(tensors, meta)
     tmp = tmp_path_for(path)
-    save_file(tensors, str(tmp), metadata=meta)
-    commit(tmp, path)
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        commit(tmp, path)
+    except BaseException as e:  # a full disk, a read-only folder, a Ctrl-C: no temp file stays behind
+        with contextlib.suppress(OSError):
+            discard(tmp)
+        named = os_error_of(e, path)  # safetensors reports "(os error 28)" as text: the OSError, naming `path`
+        if named is None or named is e:
+            raise
+        raise named from e
 
 
 def resolve_checkpoint_path(path: Path) -> Path:

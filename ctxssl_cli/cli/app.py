@@ -1,10 +1,12 @@
 """The `ctxssl` command: wires one module per command and maps every error to one line.
 
-Errors: `Error: <what> — <fix>` on stderr and a non-zero exit; a traceback only with CTXSSL_DEBUG=1.
+Errors: `Error: <what> — <fix>` on stderr and a non-zero exit; a traceback only with CTXSSL_DEBUG=1. A full disk,
+a quota, a read-only file system or a denied permission is named as such, with the path it happened at.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
@@ -13,6 +15,7 @@ import typer
 from ctxssl_cli import __version__
 from ctxssl_cli.cli import embed, evaluate, prepare, pretrain
 from ctxssl_cli.errors import CtxsslError
+from ctxssl_cli.fileio import os_error_of
 
 app = typer.Typer(
     name="ctxssl",
@@ -41,6 +44,26 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     """Prepare a dataset, pretrain, embed with a context, evaluate."""
 
 
+def os_error_message(e: OSError) -> str:
+    """`<what> — <fix>` for an operating-system error: a full disk, a quota, a read-only file system and a
+    permission are named as such, with the file (or folder) they happened at and how to get past them."""
+    where = os.fsdecode(e.filename) if isinstance(e.filename, (str, bytes, os.PathLike)) else None
+    folder = where if where is None or os.path.isdir(where) else os.path.dirname(where) or "."
+    place, disk = where or "a file", folder or "the output folder"
+    if e.errno == errno.ENOSPC:
+        df = f" (`df -h {folder}` shows it)" if folder else ""
+        return (f"no space left on device writing {place} — free space on the disk that holds {disk}{df}, or choose "
+                "an --out on another disk")
+    if e.errno == getattr(errno, "EDQUOT", -1):  # not on Windows
+        return (f"disk quota exceeded writing {place} — free space within your quota on {disk}, or choose an --out "
+                "elsewhere")
+    if e.errno == errno.EROFS:
+        return f"read-only file system: cannot write {place} — choose a writable --out"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied: {place} — give this user access to {disk}, or choose a writable --out"
+    return f"{e.strerror or e}{f' ({where})' if where else ''} — check the path, permissions and free disk space"
+
+
 def _fail(message: str, code: int) -> None:
     print(f"Error: {message}", file=sys.stderr)
     sys.exit(code)
@@ -61,9 +84,12 @@ def main() -> None:
     except OSError as e:
         if debug:
             raise
-        _fail(f"{e.strerror or e} ({e.filename or ''}) — check the path, permissions and free disk space", 1)
+        _fail(os_error_message(e), 1)
     except Exception as e:  # a bug: say so plainly, keep the traceback for CTXSSL_DEBUG=1
         if debug:
             raise
+        named = os_error_of(e)  # an OS error that a library reports as its own exception (safetensors)
+        if named is not None:
+            _fail(os_error_message(named), 1)
         _fail(f"internal error: {type(e).__name__}: {e} — rerun with CTXSSL_DEBUG=1 for the traceback "
               "and report it", 1)

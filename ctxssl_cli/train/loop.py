@@ -228,15 +228,47 @@ def nonfinite_state(model: torch.nn.Module) -> str | None:
 
 
 def _worker_error(e: Exception) -> CtxsslError:
-    """A DataLoader worker's exception (re-raised here with the worker's traceback in its text) as one line."""
-    text = str(e)
-    last = [ln for ln in text.strip().splitlines() if ln.strip()][-1] if text.strip() else type(e).__name__
-    if ": " in last and last.split(": ", 1)[0].replace(".", "").replace("_", "").isalnum():
-        kind, _, msg = last.partition(": ")
-        last = msg if kind.endswith("CtxsslError") else f"{kind.rsplit('.', 1)[-1]}: {msg}"
-    return CtxsslError(f"reading a training batch failed in a data-loader worker: {last}",
-                       "check the dataset (re-run `ctxssl prepare` with --overwrite if it is damaged), or set "
-                       "--set data.workers=0 to read in the main process and see the error there")
+    """A DataLoader worker's exception, re-raised in this process, as one line naming its type and message.
+
+    PyTorch's ExceptionWrapper.reraise rebuilds the worker's exception as `type("Caught <type> in DataLoader
+    worker process N. Original Traceback ...")`; a type it cannot rebuild so comes back as another one (a
+    CtxsslError, whose `message` is a property, as a TypeError about `message=`). The wrapper is still on the
+    traceback: its exc_type and exc_msg (the worker's formatted traceback) are used when present, else this
+    exception's own type and text. A CtxsslError from the worker keeps its own fix.
+    """
+    import re
+
+    kind, text, traced = type(e), str(e), False
+    tb = e.__traceback__
+    while tb is not None:  # the innermost wrapper (the frame of its reraise) wins
+        wrapper = tb.tb_frame.f_locals.get("self")
+        if type(wrapper).__name__ == "ExceptionWrapper" and isinstance(getattr(wrapper, "exc_type", None), type):
+            kind, text = wrapper.exc_type, str(getattr(wrapper, "exc_msg", text))
+        tb = tb.tb_next
+    # the traceback's last exception line is "<module>.<qualname>: <message>" ("<qualname>: ..." for builtins)
+    name = kind.__qualname__
+    if kind.__module__ not in ("builtins", "__main__"):
+        name = f"{kind.__module__}.{name}"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    heads = [i for i, ln in enumerate(lines) if ln == name or ln.startswith(name + ": ")]
+    if heads:
+        msg, traced = " ".join(lines[heads[-1]:])[len(name):].lstrip(":").strip(), True
+    else:  # no traceback (a worker killed by a signal): PyTorch's own sentence
+        msg = lines[-1] if lines else ""
+    msg = msg.split(" Exception raised from ", 1)[0]  # c10's C++ backtrace, when TORCH_SHOW_CPP_STACKTRACES is set
+    msg = re.sub(r"\s*[^\s,]+\.(?:cpp|cc|cu|h|hpp):\d+,?", "", msg)  # C++ source locations (decode_jpeg's)
+    msg = msg if len(msg) <= 400 else msg[:399] + "…"
+    fix = ("check the dataset (re-run `ctxssl prepare` with --overwrite if it is damaged), or set "
+           "--set data.workers=0 to read in the main process and see the error there")
+    where = "reading a training batch failed in a data-loader worker"
+    if issubclass(kind, CtxsslError):
+        what, _, own_fix = msg.partition(" — ")
+        try:
+            return kind(f"{where}: {what}", own_fix or fix)
+        except TypeError:  # a subclass with another signature
+            return CtxsslError(f"{where}: {what}", own_fix or fix)
+    detail = f"{kind.__name__}: {msg}" if traced and msg else (msg or kind.__name__)
+    return CtxsslError(f"{where}: {detail}", fix)
 
 
 def pretrain(spec: RunSpec, data: PreparedDataset, run_dir: Path, info: D.DistInfo, resume: bool = False,
