@@ -21,7 +21,8 @@ import torch
 from ctxssl_cli.data.pairs import PairSampler, to_model_input
 from ctxssl_cli.data.prepared import PreparedDataset
 from ctxssl_cli.losses import aux_loss, info_nce
-from ctxssl_cli.model.context import pair_attention_mask
+from ctxssl_cli.train.dist import DistInfo
+from ctxssl_cli.train.step import step_mask
 from ctxssl_cli.model.flops import model_flops_per_pair
 from ctxssl_cli.spec import load_spec
 from ctxssl_cli.devices import resolve_device
@@ -58,6 +59,7 @@ def bench(name, spec, data: PreparedDataset, device, steps: int, peak: float, am
     n_pairs = spec.pairs_per_seq
     n_seq = spec.train.batch_size // n_pairs
     revealed = revealed_mask("rotation", ACTION_DIM, device)
+    single = DistInfo(rank=0, world_size=1, local_rank=0, device=device)
     phases = dict.fromkeys(["data", "encoder", "transformer", "loss", "backward", "optimiser"], 0.0)
     total_t = 0.0
     for step in range(steps + 1):  # step 0 warms up and is not counted
@@ -67,7 +69,7 @@ def bench(name, spec, data: PreparedDataset, device, steps: int, peak: float, am
         b = sampler.batch(0, step % sampler.steps_per_epoch).to(device, non_blocking=True)
         x = to_model_input(b.x, data.mean, data.std, res)
         y = to_model_input(b.y, data.mean, data.std, res)
-        mask = pair_attention_mask(n_seq, n_pairs, spec.train.mask_prob, torch.Generator().manual_seed(step)).to(device)
+        mask = step_mask(spec, step, n_seq, single, device)  # the spec's mask draw, as training makes it
         sync(device)
         t["data"] = time.perf_counter()
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
@@ -79,7 +81,7 @@ def bench(name, spec, data: PreparedDataset, device, steps: int, peak: float, am
             sync(device)
             t["transformer"] = time.perf_counter()
         z_x, z_y = z_x.float(), z_y.float()
-        loss = info_nce(z_x, z_y, 0.1) + 5.0 * 0.5 * (
+        loss = info_nce(z_x, z_y, 0.1, clamp=spec.train.nce_clamp) + 5.0 * 0.5 * (
             aux_loss(model.predict_latents(z_x).float(), b.target_y, revealed)
             + aux_loss(model.predict_latents(z_y).float(), b.target_y, revealed))
         sync(device)

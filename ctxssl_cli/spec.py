@@ -107,6 +107,10 @@ class TrainSpec:
     envs: dict = field(default_factory=lambda: {"rotation": 0.5, "color": 0.5})
     # Probability of hiding each earlier pair from a query token (context masking; paper best 0.9).
     mask_prob: float = 0.9
+    # How the context mask is drawn (SPEC §2, §5c): "per_layer" (the published model: a fresh (T, T/2) draw in
+    # every attention layer of every step, shared by all sequences and heads) or "per_sequence" (one draw per
+    # sequence, reused by every layer: ctxssl <= 0.2's behaviour).
+    mask_draw: str = "per_layer"
     # Weight of the auxiliary latent-prediction loss (paper: 5.0). 0 disables the predictor's loss.
     aux_weight: float = 5.0
     # How the auxiliary predictor's rotation target is written: "quaternion" (the paper: x, y, z, w with the
@@ -118,6 +122,9 @@ class TrainSpec:
     aux_hue: str = "linear"
     # InfoNCE temperature (paper: 0.1).
     temperature: float = 0.1
+    # Clamp the cosine similarities at 1e-7 before dividing by the temperature, as the published NT-Xent does
+    # (negatives with a negative cosine then give no gradient). false: the plain NT-Xent.
+    nce_clamp: bool = True
     # Numerics: auto = bf16 autocast on CUDA, fp32 on CPU; or fp32 / bf16 explicitly.
     precision: str = "auto"
     # Write a metrics line every this many steps.
@@ -323,6 +330,9 @@ def validate(spec: RunSpec) -> None:
         raise CtxsslError(f"model.aux_norm must be l2 or rms, got '{m.aux_norm}'", "e.g. --set model.aux_norm=rms")
     if t.aux_hue not in ("linear", "circular"):
         raise CtxsslError(f"train.aux_hue must be linear or circular, got '{t.aux_hue}'", "e.g. --set train.aux_hue=circular")
+    if t.mask_draw not in ("per_layer", "per_sequence"):
+        raise CtxsslError(f"train.mask_draw must be per_layer or per_sequence, got '{t.mask_draw}'",
+                          "e.g. --set train.mask_draw=per_layer (the published model)")
     if t.precision not in ("auto", "fp32", "bf16"):
         raise CtxsslError(f"train.precision must be auto, fp32 or bf16, got '{t.precision}'", "e.g. --set train.precision=auto")
     if not t.envs:
@@ -442,9 +452,24 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return out
 
 
+# Keys added after runs were first stored, with the value that reproduces what those older runs did. A stored
+# run spec (one with a `meta` block) holds every key of its version, so a missing key means an older run.
+LEGACY_DEFAULTS = {"train": {"mask_draw": "per_sequence", "nce_clamp": False}}  # ctxssl <= 0.2
+
+
+def _stored_run_spec(raw: dict) -> dict:
+    """A run's stored spec as settings: its `meta` dropped, keys older versions lacked filled as they behaved."""
+    raw = {k: v for k, v in raw.items() if k != META_KEY}
+    for section, legacy in LEGACY_DEFAULTS.items():
+        if isinstance(raw.get(section), dict):
+            raw[section] = {**legacy, **raw[section]}
+    return raw
+
+
 def load_spec(name_or_file: str, overrides: list[str] | None = None) -> RunSpec:
     raw = load_raw(name_or_file)
-    raw.pop(META_KEY, None)  # a run's own spec.yaml: its recorded facts (dataset hash, versions) are not settings
+    if META_KEY in raw:  # a run's own spec.yaml: its recorded facts (dataset hash, versions) are not settings
+        raw = _stored_run_spec(raw)
     raw = apply_overrides(raw, overrides or [])
     raw.setdefault("name", Path(name_or_file).stem)
     return from_dict(raw)
@@ -458,7 +483,7 @@ def spec_from_yaml_text(text: str) -> RunSpec:
         raise CtxsslError(f"stored run spec is not valid YAML ({e})", "the run folder may be damaged") from None
     if not isinstance(raw, dict):
         raise CtxsslError("stored run spec is not a mapping", "the run folder may be damaged")
-    return from_dict({k: v for k, v in raw.items() if k != META_KEY})
+    return from_dict(_stored_run_spec(raw) if META_KEY in raw else raw)
 
 
 def stored_meta(text: str) -> dict:

@@ -19,7 +19,8 @@ EXPECTED = {
                     "--compile"},
     ("embed",): {"--checkpoint", "--data", "--split", "--context-mode", "--context-length", "--context-pairs",
                  "--views-per-object", "--retrieval", "--batch-size", "--device", "--out"},
-    ("evaluate",): {"--checkpoint", "--data", "--embeddings", "--context-length", "--r2", "--device", "--out"},
+    ("evaluate",): {"--checkpoint", "--data", "--embeddings", "--context-length", "--probes", "--probe-epochs", "--r2",
+                    "--train-views", "--device", "--out"},
 }
 
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ctxssl_cli.model.context import ContextTransformer, pair_attention_mask
+from ctxssl_cli.model.context import ContextTransformer, layer_attention_masks, pair_attention_mask
 
 
 def brute_force_mask(n_seq: int, n_pairs: int, hidden=None) -> torch.Tensor:
@@ -197,3 +197,44 @@ def test_kv_cache_gradients_flow():
     queries = torch.randn(3, 10, requires_grad=True)
     model.forward_queries(queries, model.build_cache(context)).sum().backward()
     assert context.grad.abs().sum() > 0 and queries.grad.abs().sum() > 0
+
+
+# -- the published per-layer mask (train.mask_draw=per_layer) -------------------------------------------
+
+def test_layer_masks_match_brute_force_with_independent_draws_per_layer():
+    n_layer, n_pairs, p = 3, 5, 0.6
+    masks = layer_attention_masks(n_layer, n_pairs, p, torch.Generator().manual_seed(9))
+    assert masks.shape == (n_layer, 1, 2 * n_pairs, 2 * n_pairs) and masks.dtype == torch.bool
+    g = torch.Generator().manual_seed(9)
+    for layer in range(n_layer):  # layer by layer, in order, each its own (T, T/2) draw
+        u = torch.rand((2 * n_pairs, n_pairs), generator=g)
+        assert torch.equal(masks[layer], brute_force_mask(1, n_pairs, hidden=(u < p)[None]))
+    assert not torch.equal(masks[0], masks[1])  # independent layers
+    assert torch.equal(layer_attention_masks(2, 4, 0.0, None), brute_force_mask(1, 4).expand(2, 1, 8, 8))
+
+
+def test_per_layer_masking_leaves_fewer_tokens_blind():
+    """SPEC §5c: with one draw ~15.7% of y tokens see no context pair at block 128, mask 0.9; with per-layer
+    draws a token is blind in every layer far less often (about 8% for 2 layers, 6% for 3)."""
+    n_pairs, p = 64, 0.9
+    seq = pair_attention_mask(400, n_pairs, p, torch.Generator().manual_seed(0))  # (S, T, T)
+    other_pairs = ~torch.eye(2 * n_pairs, dtype=torch.bool)
+    blind_seq = ~(seq & other_pairs).any(-1)[:, 1::2]  # (S, P) y tokens that see nothing but themselves
+    lay = torch.stack([layer_attention_masks(3, n_pairs, p, torch.Generator().manual_seed(s))[:, 0]
+                       for s in range(400)])  # (S, L, T, T)
+    blind_all = (~(lay & other_pairs).any(-1)).all(1)[:, 1::2]  # blind in every layer
+    assert 0.13 < blind_seq.float().mean() < 0.19
+    assert 0.035 < blind_all.float().mean() < 0.08
+
+
+def test_transformer_uses_each_layers_own_mask():
+    torch.manual_seed(0)
+    model = ContextTransformer(10, 6, n_layer=2, n_head=2, n_embd=8).eval()
+    tokens = torch.randn(3, 8, 10)
+    full, none = brute_force_mask(1, 4), brute_force_mask(1, 4, hidden=torch.ones(1, 8, 4, dtype=torch.bool))
+    same = model(tokens, full)
+    assert torch.equal(model(tokens, torch.stack([full, full])), same)  # (L, 1, T, T) == one mask for all
+    mixed = model(tokens, torch.stack([full, none]))
+    assert not torch.allclose(mixed, same) and not torch.allclose(mixed, model(tokens, none))
+    with pytest.raises(ValueError):
+        model(tokens, torch.stack([full, full, full]))  # one mask per layer, no more

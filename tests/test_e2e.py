@@ -52,9 +52,11 @@ def test_prepare_pretrain_resume_embed_evaluate(tmp_path):
     assert bad.returncode != 0 and "block size" in bad.stderr
 
     rep = tmp_path / "rep"
-    ctxssl(tmp_path, "evaluate", "--out", rep, "--context-length", 0, "--context-length", 2)
+    ctxssl(tmp_path, "evaluate", "--out", rep, "--context-length", 0, "--context-length", 2, "--probe-epochs", 3)
     report = json.loads((rep / "report.json").read_text())
-    assert set(report) == {"r2", "share", "mrr", "top1", "knn", "meta"}
+    assert set(report) == {"r2", "r2_definitions", "share", "mrr", "top1", "knn", "meta"}
+    assert report["meta"]["settings"]["probes"] == "paper" and report["meta"]["settings"]["r2"] == "paper"
+    assert report["r2_definitions"]["paper"] == report["r2"] and set(report["r2_definitions"]["sklearn"]) == set(report["r2"])
     for mode in ("rotation", "color", "none"):
         assert set(report["r2"][mode]) == {"0", "2"} and set(report["share"][mode]) == {"0", "2"}
         assert set(report["mrr"][mode]["2"]) == {"mrr", "h@1", "h@2", "h@5", "h@10"}

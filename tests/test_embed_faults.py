@@ -19,8 +19,7 @@ from ctxssl_cli.evaluate.report import build_markdown, print_tables, write_repor
 from ctxssl_cli.progress import Progress
 from test_embed import run  # noqa: F401  (the tiny trained run fixture)
 
-FAST = ProbeSettings(mlp_hidden=32, mlp_epochs=2, mlp_lr=1e-2, mlp_batch_size=1000, cls_epochs=2,
-                     cls_batch_size=500)
+FAST = ProbeSettings(cls_epochs=2, cls_batch_size=1000)
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256))
 
 
@@ -208,11 +207,11 @@ def test_evaluate_reports_the_context_of_the_given_files(run, tmp_path, monkeypa
     f = context_file(run, tmp_path / "ctx.yaml")
     val = embed.embed_run(run.checkpoint, None, "cpu", embed.EmbedSettings(
         modes=["rotation"], lengths=[0, 2], context_pairs=f, retrieval=True, out=tmp_path / "val.safetensors")).path
-    s = EvalSettings(lengths=[0, 2], modes=["rotation"], probe=FAST, knn_k=5, train_views_per_object=3)
+    s = EvalSettings(lengths=[0, 2], modes=["rotation"], probe=FAST, knn_k=5, train_views_per_object=3, probe_epochs=2)
     capfd.readouterr()
     report = evaluate_run(run, s, [val], tmp_path / "cache", progress=Progress)
     err = capfd.readouterr().err
-    assert "encode train:" in err and "probes:" in err  # plain progress lines for the train embedding and probes
+    assert "encode train:" in err and "R² probes (published protocol):" in err  # plain progress lines: embedding, probes
     assert report["meta"]["context"]["kind"] == "file" and report["meta"]["context"]["source"] == str(f)
     cached = list((tmp_path / "cache").glob("train-*.safetensors"))  # train embedded with the file's context
     with safe_open(str(cached[0]), framework="pt") as fh:

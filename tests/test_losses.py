@@ -10,14 +10,19 @@ import torch
 from ctxssl_cli.losses import aux_loss, info_nce
 
 
-def naive_info_nce(z_x: torch.Tensor, z_y: torch.Tensor, t: float) -> float:
+def naive_info_nce(z_x: torch.Tensor, z_y: torch.Tensor, t: float, clamp: bool = False) -> float:
     n = len(z_x)
     outs = [v / v.norm() for v in list(z_x) + list(z_y)]  # 2n unit vectors
+
+    def sim(a, b):
+        c = float(outs[a] @ outs[b])
+        return max(c, 1e-7) if clamp else c
+
     total = 0.0
     for r in range(2 * n):
         pos = r + n if r < n else r - n
-        denom = sum(math.exp(float(outs[r] @ outs[j]) / t) for j in range(2 * n) if j != r)
-        total += -(float(outs[r] @ outs[pos]) / t - math.log(denom))
+        denom = sum(math.exp(sim(r, j) / t) for j in range(2 * n) if j != r)
+        total += -(sim(r, pos) / t - math.log(denom))
     return total / (2 * n)
 
 
@@ -110,3 +115,34 @@ def test_aux_loss_decreases_on_a_toy_problem():
         loss.backward()
         opt.step()
     assert loss.item() < 0.01 * first
+
+
+@pytest.mark.parametrize("t", [0.1, 0.5])
+def test_clamped_info_nce_matches_naive_loop(t):
+    g = torch.Generator().manual_seed(5)
+    z_x, z_y = torch.randn(7, 5, generator=g), torch.randn(7, 5, generator=g)  # many negative cosines
+    clamped = info_nce(z_x, z_y, t, clamp=True).item()
+    assert clamped == pytest.approx(naive_info_nce(z_x, z_y, t, clamp=True), rel=1e-5)
+    assert clamped != pytest.approx(info_nce(z_x, z_y, t).item(), rel=1e-3)  # the clamp changes this batch
+
+
+def test_clamp_is_a_no_op_when_every_cosine_is_positive():
+    g = torch.Generator().manual_seed(6)
+    z_x, z_y = torch.rand(6, 4, generator=g) + 0.1, torch.rand(6, 4, generator=g) + 0.1  # positive orthant
+    assert torch.equal(info_nce(z_x, z_y, 0.1, clamp=True), info_nce(z_x, z_y, 0.1))
+
+
+def test_clamped_negatives_pass_no_gradient_and_ddp_form_holds():
+    g = torch.Generator().manual_seed(7)
+    base_x, base_y = torch.rand(4, 3, generator=g) + 0.1, torch.rand(4, 3, generator=g) + 0.1  # positive orthant
+    base_y[0] = -1.0  # cosine < 0 with every other output: each of its similarities is clamped
+    grads = {}
+    for clamp in (True, False):
+        z_x, z_y = base_x.clone().requires_grad_(), base_y.clone().requires_grad_()
+        info_nce(z_x, z_y, 0.1, clamp=clamp).backward()
+        grads[clamp] = z_y.grad[0]
+    assert torch.count_nonzero(grads[True]) == 0 and torch.count_nonzero(grads[False]) > 0
+    # split into two "ranks": the mean of the local losses equals the single-batch loss
+    whole = info_nce(base_x, base_y, 0.1, clamp=True)
+    parts = [info_nce(base_x[i:i + 2], base_y[i:i + 2], 0.1, base_x, base_y, offset=i, clamp=True) for i in (0, 2)]
+    assert torch.allclose(torch.stack(parts).mean(), whole, rtol=1e-6)

@@ -51,11 +51,27 @@ def test_quaternion_equals_hamilton_composition_up_to_sign():
     assert np.all(q[:, 3] >= 0), "canonical sign: w >= 0"
 
 
-def test_raw_convention_matches_scipy_as_quat():
+def test_matrix_to_quat_raw_matches_scipy_from_matrix():
     m = euler_xyz_to_matrix(_latents(500, 2)[:, :3])
     m_rel = np.swapaxes(m[:250], -1, -2) @ m[250:]
     for mats in (m, m_rel):
         assert np.allclose(matrix_to_quat(mats, canonical=False), Rotation.from_matrix(mats).as_quat(), atol=1e-9)
+
+
+def test_raw_convention_is_the_published_scipy_sign_exactly():
+    """canonical=False must give what the published dataset.py computes, sign included:
+    (R.from_euler("xyz", a1).inv() * R.from_euler("xyz", a2)).as_quat() and R.from_euler("xyz", a).as_quat()."""
+    l1, l2 = _latents(4000, 11), _latents(4000, 12)
+    ref_rel = (Rotation.from_euler("xyz", l1[:, :3]).inv() * Rotation.from_euler("xyz", l2[:, :3])).as_quat()
+    ref_abs = Rotation.from_euler("xyz", l2[:, :3]).as_quat()
+    raw_rel = relative_action(l1, l2, canonical=False)[:, :4]
+    raw_abs = absolute_latent(l2, canonical=False)[:, :4]
+    assert np.abs(raw_rel - ref_rel).max() < 1e-6  # not merely up to sign
+    assert np.abs(raw_abs - ref_abs).max() < 1e-6
+    assert (ref_rel[:, 3] < 0).mean() > 0.01  # the sign really differs from the canonical one on some pairs...
+    canon = relative_action(l1, l2, canonical=True)[:, :4]
+    assert np.all(canon[:, 3] >= 0)  # ...which the canonical form flips
+    assert np.allclose(np.abs((canon * raw_rel).sum(1)), 1.0, atol=1e-5)  # the same rotations
 
 
 def test_relative_action_composes_back():

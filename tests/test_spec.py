@@ -83,3 +83,23 @@ def test_spec_file_with_extends(tmp_path):
     bad.write_text("extends: demo\ntrain:\n  epocs: 2\n")
     with pytest.raises(CtxsslError, match="train.epochs"):
         load_spec(str(bad))
+
+
+def test_a_stored_run_spec_from_before_the_mask_and_clamp_keys_resumes_as_it_trained(tmp_path):
+    """Runs stored by ctxssl <= 0.2 lack train.mask_draw / train.nce_clamp; they drew one mask per sequence and
+    did not clamp, so reading their spec must give that, not today's defaults (a resume would change method)."""
+    import yaml
+
+    from ctxssl_cli.spec import load_spec, spec_from_yaml_text, to_yaml
+
+    stored = yaml.safe_load(to_yaml(load_spec("demo"), meta={"ctxssl_version": "0.2.0"}))
+    for key in ("mask_draw", "nce_clamp"):
+        del stored["train"][key]
+    text = yaml.safe_dump(stored)
+    (tmp_path / "spec.yaml").write_text(text)
+    for spec in (spec_from_yaml_text(text), load_spec(str(tmp_path / "spec.yaml"))):
+        assert spec.train.mask_draw == "per_sequence" and spec.train.nce_clamp is False
+    # a spec stored today keeps its own values, and a preset without meta gets today's defaults
+    today = spec_from_yaml_text(to_yaml(load_spec("demo"), meta={"ctxssl_version": "0.3.0"}))
+    assert today.train.mask_draw == "per_layer" and today.train.nce_clamp is True
+    assert load_spec("demo").train.mask_draw == "per_layer"

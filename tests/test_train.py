@@ -57,14 +57,19 @@ def _step_grads(spec, batch, info, fwd, model):
     return out.loss.detach(), {k: p.grad.detach().clone() for k, p in model.named_parameters() if p.grad is not None}
 
 
-def _ddp_worker(rank, world, port, path):
+# The published defaults (a fresh mask per layer, clamped cosines) and the alternatives, for the equivalence
+# and resume tests.
+MASK_AND_CLAMP = [[], ["train.mask_draw=per_sequence", "train.nce_clamp=false"]]
+
+
+def _ddp_worker(rank, world, port, path, extra):
     from safetensors.torch import save_file
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
-    spec = load_spec("demo", TINY)
+    spec = load_spec("demo", TINY + extra)
     torch.manual_seed(0)
     model = build_model(spec, 6)
     model.encoder.eval()  # BatchNorm with running stats: per-rank batch statistics would differ by design
@@ -86,14 +91,17 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_process_step_equals_one_process_step(tmp_path):
-    """InfoNCE negatives are gathered across ranks with correct gradients (no 1/world_size error)."""
+@pytest.mark.parametrize("extra", MASK_AND_CLAMP, ids=["published", "per_sequence-unclamped"])
+def test_two_process_step_equals_one_process_step(tmp_path, extra):
+    """InfoNCE negatives are gathered across ranks with correct gradients (no 1/world_size error), and both
+    mask draws give every rank its part of the one global mask."""
     from safetensors.torch import load_file
 
     path = str(tmp_path / "ddp.safetensors")
-    mp.spawn(_ddp_worker, args=(2, _free_port(), path), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, _free_port(), path, extra), nprocs=2, join=True)
     ddp = load_file(path)
-    spec = load_spec("demo", TINY)
+    spec = load_spec("demo", TINY + extra)
+    assert spec.train.mask_prob > 0  # the draw is exercised
     torch.manual_seed(0)
     model = build_model(spec, 6)
     model.encoder.eval()
@@ -122,8 +130,9 @@ def _tensors(run_dir):
     return load_checkpoint(run_dir).tensors
 
 
-def test_resume_after_crash_is_bit_exact(tiny_data, tmp_path, monkeypatch):
-    pretrain(_spec(6), tiny_data, tmp_path / "full", DistInfo())
+@pytest.mark.parametrize("extra", MASK_AND_CLAMP, ids=["published", "per_sequence-unclamped"])
+def test_resume_after_crash_is_bit_exact(tiny_data, tmp_path, monkeypatch, extra):
+    pretrain(_spec(6, extra), tiny_data, tmp_path / "full", DistInfo())
     import ctxssl_cli.train.loop as loop
 
     real = loop.sample_env
@@ -135,10 +144,10 @@ def test_resume_after_crash_is_bit_exact(tiny_data, tmp_path, monkeypatch):
 
     monkeypatch.setattr(loop, "sample_env", crash_at_4)
     with pytest.raises(RuntimeError, match="simulated"):
-        pretrain(_spec(6), tiny_data, tmp_path / "cut", DistInfo())
+        pretrain(_spec(6, extra), tiny_data, tmp_path / "cut", DistInfo())
     assert load_checkpoint(tmp_path / "cut").step == 4
     monkeypatch.setattr(loop, "sample_env", real)
-    pretrain(_spec(6), tiny_data, tmp_path / "cut", DistInfo(), resume=True)
+    pretrain(_spec(6, extra), tiny_data, tmp_path / "cut", DistInfo(), resume=True)
     a, b = _tensors(tmp_path / "full"), _tensors(tmp_path / "cut")
     assert a.keys() == b.keys()
     for k in a:

@@ -127,7 +127,7 @@ def main() -> None:
         run([ctxssl, "embed", "--checkpoint", work / "run", "--context-length", 0, "--context-length", 2,
              "--out", work / "e.safetensors"], work, env)
         run([ctxssl, "evaluate", "--checkpoint", work / "run", "--context-length", 0, "--context-length", 2,
-             "--out", work / "eval"], work, env)
+             "--probe-epochs", 5, "--out", work / "eval"], work, env)
         if not (work / "eval" / "report.json").is_file():
             sys.exit("wheel smoke test failed: evaluate wrote no report.json")
         print(f"wheel smoke test passed: {wheel.name}, {len(got)} presets, prepare/pretrain/embed/evaluate ran")

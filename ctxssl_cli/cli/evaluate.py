@@ -15,7 +15,10 @@ def evaluate(
     data: DataOpt = None,
     embeddings: Annotated[Optional[list[Path]], typer.Option("--embeddings", "-e", help="Reuse embeddings files from `ctxssl embed` (train and/or val); repeatable.")] = None,
     context_length: ContextLengthOpt = None,
-    r2: Annotated[str, typer.Option("--r2", help="sklearn (variance-weighted, default) or paper (one global target mean).")] = "sklearn",
+    probes: Annotated[str, typer.Option("--probes", help="R² probe protocol: paper (the published probes; the only one).")] = "paper",
+    probe_epochs: Annotated[int, typer.Option("--probe-epochs", help="Epochs of the R² probes (published: 300).")] = 300,
+    r2: Annotated[str, typer.Option("--r2", help="R² definition of the headline tables: paper (one global target mean, as published) or sklearn (per-dimension means); both are reported.")] = "paper",
+    train_views: Annotated[Optional[int], typer.Option("--train-views", help="Train views per object to embed for the probes (default: all).")] = None,
     device: DeviceOpt = "auto",
     out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Report folder. Default: RUN/eval.")] = None,
 ) -> None:
@@ -24,7 +27,8 @@ def evaluate(
     from ctxssl_cli.evaluate.report import print_tables
     from ctxssl_cli.progress import Progress
 
-    settings = EvalSettings(lengths=context_length, r2_kind=r2)  # checks the options before the run is loaded
+    settings = EvalSettings(lengths=context_length, r2_kind=r2, probes=probes, probe_epochs=probe_epochs,
+                            train_views_per_object=train_views)  # checks the options before the run is loaded
     result = evaluate_checkpoint(checkpoint or latest_run(), data, device, settings, list(embeddings or []),
                                  out_dir, progress=Progress,
                                  log=lambda msg: err.print(msg, soft_wrap=True, markup=False))

@@ -5,9 +5,11 @@ Conventions (SPEC §3.2, as the published SIE/ContextSSL code does with scipy):
   `Rotation.from_euler("xyz", angles)`), floor hue, light theta, light phi, light hue.
   Extrinsic xyz means R = Rz(z) @ Ry(y) @ Rx(x).
 - Quaternions are scalar-last (x, y, z, w). q and -q are the same rotation; by default the sign is made
-  canonical (w >= 0). `canonical=False` keeps the raw output of the conversion below (Shepperd's method,
-  which is what scipy's `as_quat()` returns too: the largest-magnitude component positive) for
-  comparisons with published numbers.
+  canonical (w >= 0). `canonical=False` gives exactly the sign the published code gets from scipy
+  (`Rotation.from_euler("xyz", a)`, then `r1.inv() * r2`, then `as_quat()`): a view's quaternion is the
+  product qz * qy * qx of the elementary quaternions (each with w = cos(angle/2) > 0), the inverse is the
+  conjugate, and the relative rotation is their Hamilton product; no sign is normalised along the way, so
+  w < 0 for some pairs. Tests pin this against scipy.
 - The action mapping view 1 to view 2 is the quaternion of R1^-1 R2 followed by the plain (unwrapped)
   hue differences (floor, light) of view 2 minus view 1: 6 values.
 - A view's absolute target latent is the quaternion of R(view), its floor hue and its light hue: 6 values.
@@ -92,12 +94,40 @@ def matrix_to_quat(m: np.ndarray, canonical: bool = True) -> np.ndarray:
     return q.reshape(m.shape[:-2] + (4,))
 
 
+def quat_multiply(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Hamilton product p * q of scalar-last quaternions (..., 4): the rotation q followed by p."""
+    pv, pw = p[..., :3], p[..., 3:]
+    qv, qw = q[..., :3], q[..., 3:]
+    return np.concatenate([pw * qv + qw * pv + np.cross(pv, qv), pw * qw - (pv * qv).sum(-1, keepdims=True)], axis=-1)
+
+
+def euler_xyz_to_quat(angles: np.ndarray) -> np.ndarray:
+    """Extrinsic xyz angles (..., 3) -> quaternions (..., 4) with scipy's `from_euler("xyz")` sign: qz * qy * qx."""
+    angles = np.asarray(angles, dtype=np.float64)
+    half = angles / 2
+    elementary = []
+    for axis in range(3):
+        e = np.zeros(angles.shape[:-1] + (4,), dtype=np.float64)
+        e[..., axis] = np.sin(half[..., axis])
+        e[..., 3] = np.cos(half[..., axis])
+        elementary.append(e)
+    return quat_multiply(elementary[2], quat_multiply(elementary[1], elementary[0]))
+
+
+def _raw_relative_quat(ang1: np.ndarray, ang2: np.ndarray) -> np.ndarray:
+    """The published code's `(from_euler(a1).inv() * from_euler(a2)).as_quat()`, sign included."""
+    q1 = euler_xyz_to_quat(ang1) * np.array([-1.0, -1.0, -1.0, 1.0])  # the inverse: the conjugate
+    return quat_multiply(q1, euler_xyz_to_quat(ang2))
+
+
 def relative_action(lat1: np.ndarray, lat2: np.ndarray, canonical: bool = True) -> np.ndarray:
     """The 6-d action mapping view 1 to view 2, from their 7-value latents (..., 7) -> (..., 6) float32."""
     lat1, lat2 = np.asarray(lat1, np.float64), np.asarray(lat2, np.float64)
-    r1, r2 = euler_xyz_to_matrix(lat1[..., :3]), euler_xyz_to_matrix(lat2[..., :3])
-    rel = np.swapaxes(r1, -1, -2) @ r2  # R1^-1 R2 (R^-1 = R^T)
-    quat = matrix_to_quat(rel, canonical=canonical)
+    if canonical:
+        r1, r2 = euler_xyz_to_matrix(lat1[..., :3]), euler_xyz_to_matrix(lat2[..., :3])
+        quat = matrix_to_quat(np.swapaxes(r1, -1, -2) @ r2, canonical=True)  # R1^-1 R2 (R^-1 = R^T), w >= 0
+    else:
+        quat = _raw_relative_quat(lat1[..., :3], lat2[..., :3])
     hue = lat2[..., list(HUE_INDICES)] - lat1[..., list(HUE_INDICES)]
     return np.concatenate([quat, hue], axis=-1).astype(np.float32)
 
@@ -105,7 +135,8 @@ def relative_action(lat1: np.ndarray, lat2: np.ndarray, canonical: bool = True) 
 def absolute_latent(lat: np.ndarray, canonical: bool = True) -> np.ndarray:
     """A view's 6-d absolute target: quaternion of R(view), floor hue, light hue. (..., 7) -> (..., 6)."""
     lat = np.asarray(lat, np.float64)
-    quat = matrix_to_quat(euler_xyz_to_matrix(lat[..., :3]), canonical=canonical)
+    quat = (matrix_to_quat(euler_xyz_to_matrix(lat[..., :3]), canonical=True) if canonical
+            else euler_xyz_to_quat(lat[..., :3]))
     return np.concatenate([quat, lat[..., list(HUE_INDICES)]], axis=-1).astype(np.float32)
 
 

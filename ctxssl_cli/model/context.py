@@ -8,6 +8,9 @@ Mask (True = may attend): causal; y_k never sees its own source x_k (that would 
 prediction's input, the "copy shortcut"); so inside its own pair a token sees only itself. During training,
 for every query token, every earlier pair (x_j and y_j together) is hidden independently with probability
 mask_prob ("context masking", paper best 0.9). A token always sees itself, so no attention row is empty.
+The published model draws that mask anew in every layer (`layer_attention_masks`: one (T, T/2) draw per layer,
+shared by every sequence and head of the step); `pair_attention_mask` draws one mask per sequence instead,
+reused by every layer (spec key train.mask_draw).
 
 Evaluation (SPEC §4) runs a context of C tokens once (`build_cache`), keeps every layer's keys and values,
 and then embeds any number of query tokens against it (`forward_queries`): each query sits right after the
@@ -39,15 +42,44 @@ def pair_attention_mask(n_seq: int, n_pairs: int, mask_prob: float, generator: t
     if device is None and generator is not None:
         device = generator.device  # a CUDA generator gives a CUDA mask unless told otherwise
     T = 2 * n_pairs
-    idx = torch.arange(T, device=device)
-    earlier = (idx[None, :] // 2) < (idx[:, None] // 2)  # (T, T) key's pair precedes query's pair
-    itself = idx[None, :] == idx[:, None]  # (T, T) diagonal
+    earlier, itself = _pair_structure(n_pairs, device)  # (T, T) each
     if mask_prob == 0.0:
         return (earlier | itself).expand(n_seq, T, T).clone()  # (S, T, T)
     draw_device = generator.device if generator is not None else device
     u = torch.rand((n_seq, T, n_pairs), generator=generator, device=draw_device).to(device)  # (S, T, P)
     keep = (u >= mask_prob).repeat_interleave(2, dim=2)  # (S, T, T): both tokens of a pair share one draw
     return (earlier & keep) | itself  # (S, T, T)
+
+
+def _pair_structure(n_pairs: int, device) -> tuple[Tensor, Tensor]:
+    """(T, T) bool: key's pair strictly precedes the query's pair; and the diagonal."""
+    idx = torch.arange(2 * n_pairs, device=device)
+    return (idx[None, :] // 2) < (idx[:, None] // 2), idx[None, :] == idx[:, None]
+
+
+def layer_attention_masks(n_layer: int, n_pairs: int, mask_prob: float, generator: torch.Generator | None,
+                          device=None) -> Tensor:
+    """The published model's context masking: (n_layer, 1, T, T) bool, one independent draw per layer.
+
+    Layer l draws torch.rand((T, n_pairs)) (layers in order, from `generator`, on its device) and hides pair
+    j from query i where that number is < mask_prob, for earlier pairs only; the same mask serves every
+    sequence and head of the step (the size-1 axis broadcasts over sequences). The fixed structure (causal
+    over pairs, y_k never sees x_k, a token always sees itself) is kept in every layer.
+    """
+    if not 0.0 <= mask_prob <= 1.0:
+        raise ValueError(f"mask_prob must be in [0, 1], got {mask_prob}")
+    if n_layer < 1:
+        raise ValueError(f"n_layer must be >= 1, got {n_layer}")
+    if device is None and generator is not None:
+        device = generator.device
+    earlier, itself = _pair_structure(n_pairs, device)
+    T = 2 * n_pairs
+    if mask_prob == 0.0:
+        return (earlier | itself).expand(n_layer, 1, T, T).clone()
+    draw_device = generator.device if generator is not None else device
+    u = torch.rand((n_layer, T, n_pairs), generator=generator, device=draw_device).to(device)  # (L, T, P)
+    keep = (u >= mask_prob).repeat_interleave(2, dim=2)  # (L, T, T): both tokens of a pair share one draw
+    return ((earlier & keep) | itself)[:, None]  # (L, 1, T, T)
 
 
 @dataclass
@@ -169,14 +201,19 @@ class ContextTransformer(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def forward(self, tokens: Tensor, attn_mask: Tensor) -> Tensor:
-        """tokens (S, T, in_dim), attn_mask (S or 1, T, T) bool -> outputs (S, T, out_dim)."""
-        if tokens.dim() != 3 or attn_mask.dim() != 3 or attn_mask.shape[-2:] != (tokens.shape[1],) * 2:
-            raise ValueError(f"expected tokens (S, T, D) and mask (S|1, T, T), got {tuple(tokens.shape)} "
-                             f"and {tuple(attn_mask.shape)}")
+        """tokens (S, T, in_dim), attn_mask bool -> outputs (S, T, out_dim).
+
+        attn_mask (S or 1, T, T): one mask for every layer; (n_layer, S or 1, T, T): layer l uses attn_mask[l]
+        (`layer_attention_masks`). Every head shares its layer's mask."""
+        per_layer = attn_mask.dim() == 4
+        if (tokens.dim() != 3 or attn_mask.dim() not in (3, 4) or attn_mask.shape[-2:] != (tokens.shape[1],) * 2
+                or (per_layer and attn_mask.shape[0] != self.n_layer)):
+            raise ValueError(f"expected tokens (S, T, D) and mask (S|1, T, T) or ({self.n_layer}, S|1, T, T), got "
+                             f"{tuple(tokens.shape)} and {tuple(attn_mask.shape)}")
         x = self.drop(self.read_in(tokens))  # (S, T, E)
-        mask = attn_mask[:, None]  # (S|1, 1, T, T): the same mask for every head
-        for block in self.blocks:
-            x, _ = block(x, mask)
+        for layer, block in enumerate(self.blocks):
+            mask = attn_mask[layer] if per_layer else attn_mask  # (S|1, T, T)
+            x, _ = block(x, mask[:, None])  # (S|1, 1, T, T): the same mask for every head
         return self.read_out(self.ln_f(x))  # (S, T, out_dim)
 
     def build_cache(self, context: Tensor) -> KVCache:

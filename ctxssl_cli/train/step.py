@@ -13,7 +13,7 @@ from torch import nn
 
 from ctxssl_cli.data.pairs import PairBatch, to_model_input
 from ctxssl_cli.losses import aux_loss, info_nce
-from ctxssl_cli.model.context import pair_attention_mask
+from ctxssl_cli.model.context import layer_attention_masks, pair_attention_mask
 from ctxssl_cli.data.schema import ACTION_DIM, COLOR, ROTATION, revealed_mask
 from ctxssl_cli.model.build import aux_layout
 from ctxssl_cli.spec import RunSpec
@@ -59,8 +59,15 @@ def aux_revealed(env: str, spec: RunSpec, device) -> torch.Tensor:
 
 
 def step_mask(spec: RunSpec, step: int, n_seq_global: int, info: DistInfo, device: torch.device) -> torch.Tensor:
-    """This rank's slice of the global step's context-masking draw: (n_seq_local, T, T) bool."""
+    """The global step's context-masking draw as this rank uses it, a pure function of (seed, step).
+
+    train.mask_draw "per_layer" (the published model): (n_layer, 1, T, T), one draw per layer shared by every
+    sequence of the global batch, so every rank holds the same mask. "per_sequence": this rank's slice
+    (n_seq_local, T, T) of one draw per sequence of the global batch."""
     g = torch.Generator().manual_seed(int(np.random.SeedSequence([spec.train.seed, 0x3A5C, step]).generate_state(1)[0]))
+    if spec.train.mask_draw == "per_layer":
+        return layer_attention_masks(spec.model.n_layer, spec.pairs_per_seq, spec.train.mask_prob, g).to(
+            device, non_blocking=True)
     mask = pair_attention_mask(n_seq_global, spec.pairs_per_seq, spec.train.mask_prob, g)  # (S, T, T)
     n_local = n_seq_global // info.world_size
     return mask[info.rank * n_local:(info.rank + 1) * n_local].to(device, non_blocking=True)
@@ -87,7 +94,8 @@ def compute_loss(fwd: nn.Module, batch: PairBatch, spec: RunSpec, env: str, attn
         o = fwd(x, y, action, spec.pairs_per_seq, attn_mask)  # ContextSSL.forward (maybe DDP-wrapped)
     z_x, z_y, pred_x, pred_y = o.z_x.float(), o.z_y.float(), o.pred_x.float(), o.pred_y.float()
     all_x, all_y = gather_with_grad(z_x, info), gather_with_grad(z_y, info)
-    nce = info_nce(z_x, z_y, spec.train.temperature, all_x, all_y, offset=info.rank * z_x.shape[0])
+    nce = info_nce(z_x, z_y, spec.train.temperature, all_x, all_y, offset=info.rank * z_x.shape[0],
+                   clamp=spec.train.nce_clamp)
     target = aux_target(batch.target_y, spec)
     aux_mask = aux_revealed(env, spec, device)
     aux = 0.5 * (aux_loss(pred_x, target, aux_mask) + aux_loss(pred_y, target, aux_mask))

@@ -1,0 +1,178 @@
+"""The published R² probe protocol (SPEC §4 "Paper probes"), on cached embeddings.
+
+What the published `eval_equivariance.py` does, setting for setting:
+- inputs: concat(e(x), e(y)) of a view pair of one object, e = h (encoder features, raw) or z (transformer
+  outputs, L2-normalised; `ctxssl embed` stores them so); no standardisation;
+- colour probe: Linear(2F -> 2) with bias; rotation probe: Linear(2F -> 1024), ReLU, Linear(1024 -> 1024),
+  ReLU, Linear(1024 -> 4); PyTorch's default Linear initialisation;
+- one probe per (embedding, context mode, context length);
+- Adam, lr 1e-3, betas (0.9, 0.999), no weight decay, MSE with mean reduction, batch 256, shuffled, the last
+  partial batch of every epoch dropped (kept when the train split holds fewer objects than one batch);
+  300 epochs, seed 42;
+- every epoch draws one fresh view pair (v1 != v2) per training object;
+- targets: the relative quaternion R1^-1 R2 in (x, y, z, w) with scipy's own sign (data/rotations.py,
+  canonical=False) and the plain differences of the two hues;
+- R² on fixed, seeded val pairs, under both definitions (one global mean, as published; per-dimension means).
+
+ctxssl computes the embeddings once (`ctxssl embed`) instead of re-encoding every image in every epoch, and
+trains all probes of a protocol at once: their weights are stacked along a leading "probe" axis and trained
+with batched matrix products, every probe seeing the same batches (as the published loop does). Adam's update
+is element-wise and every probe's loss depends only on its own weights, so one Adam over the stacked weights
+and the summed losses is exactly one Adam per probe (the published code also sums the probes' losses).
+One h probe is trained (the published script trains one per mode on identical inputs).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ctxssl_cli.data.rotations import relative_action
+from ctxssl_cli.data.schema import COLOR, ROTATION
+from ctxssl_cli.errors import CtxsslError
+from ctxssl_cli.evaluate.metrics import R2_KINDS, r2_score
+
+# The published settings; only the number of epochs may be changed (--probe-epochs).
+PAPER_LR = 1e-3
+PAPER_BETAS = (0.9, 0.999)
+PAPER_BATCH = 256
+PAPER_HIDDEN = 1024
+PAPER_SEED = 42
+PAPER_EPOCHS = 300
+
+
+@dataclass
+class PaperProbeSettings:
+    epochs: int = PAPER_EPOCHS
+
+    def __post_init__(self):
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or not 1 <= self.epochs <= 100_000:
+            raise CtxsslError(f"--probe-epochs {self.epochs!r} is out of range", "use an integer from 1 to 100000 "
+                              f"(the published protocol: {PAPER_EPOCHS})")
+
+
+class StackedMLP(torch.nn.Module):
+    """P independent MLPs in_dim -> hidden... -> out_dim (ReLU between layers), applied to (P, B, in_dim).
+
+    Layer sizes `dims` = [in, h1, ..., out]; each probe's Linear layers initialised as nn.Linear does
+    (weight and bias uniform in +-1/sqrt(fan_in)), drawn from `generator` probe by probe, layer by layer."""
+
+    def __init__(self, n_probes: int, dims: list[int], generator: torch.Generator):
+        super().__init__()
+        self.weights = torch.nn.ParameterList()
+        self.biases = torch.nn.ParameterList()
+        ws = [torch.empty(n_probes, a, b) for a, b in zip(dims[:-1], dims[1:])]
+        bs = [torch.empty(n_probes, 1, b) for b in dims[1:]]
+        for p in range(n_probes):
+            for w, b in zip(ws, bs):
+                bound = 1.0 / math.sqrt(w.shape[1])
+                w[p].uniform_(-bound, bound, generator=generator)
+                b[p].uniform_(-bound, bound, generator=generator)
+        for w, b in zip(ws, bs):
+            self.weights.append(torch.nn.Parameter(w))
+            self.biases.append(torch.nn.Parameter(b))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (P, B, in) -> (P, B, out)."""
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            x = torch.baddbmm(b, x, w)
+            if i < last:
+                x = torch.relu(x)
+        return x
+
+
+def draw_epoch_pairs(n_objects: int, n_views: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One view pair (v1 != v2, uniform) per object: two (n_objects,) int64 arrays."""
+    v1 = rng.integers(0, n_views, size=n_objects)
+    v2 = (v1 + rng.integers(1, n_views, size=n_objects)) % n_views
+    return v1, v2
+
+
+def pair_targets(latents: np.ndarray, obj: np.ndarray, v1: np.ndarray, v2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The published targets of pairs: rotation (n, 4) with scipy's sign, hue differences (n, 2), float32."""
+    act = relative_action(latents[obj, v1], latents[obj, v2], canonical=False)
+    return act[:, list(ROTATION)], act[:, list(COLOR)]
+
+
+def _inputs(stack: torch.Tensor, obj, v1, v2) -> torch.Tensor:
+    """stack (P, N, V, F) -> concat(e(x), e(y)) (P, n, 2F) for pairs (obj, v1, v2)."""
+    return torch.cat([stack[:, obj, v1], stack[:, obj, v2]], dim=-1)
+
+
+def _unit(e: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(e, dim=-1)
+
+
+def fit_paper_probes(train: dict[str, torch.Tensor], train_latents: np.ndarray, val: dict[str, torch.Tensor],
+                     val_latents: np.ndarray, val_pairs: tuple[np.ndarray, np.ndarray, np.ndarray],
+                     normalise: dict[str, bool], settings: PaperProbeSettings = PaperProbeSettings(),
+                     device="cpu", on_epoch=None) -> dict:
+    """Train the published colour and rotation probes of every embedding in `train` and score them on val.
+
+    train[name] (N, V, F) and val[name] (M, W, F) embeddings of the same F for every name (h and the z of
+    each mode and length); `normalise[name]`: L2-normalise before probing (z: True, h: False; the published
+    code normalises only the transformer outputs). train_latents (N, V, 7), val_latents (M, W, 7); val_pairs
+    (obj, v1, v2) fixed. Returns {name: {"rotation": {r2 kind: R²}, "color": {...}}} plus, under "_meta",
+    epochs, steps, drop_last and seconds. `on_epoch(epoch)` is called after every epoch (progress)."""
+    t0 = time.perf_counter()
+    names = list(train)
+    if not names:
+        raise ValueError("no embeddings to probe")
+    dev = torch.device(device)
+    prep = lambda t, n: (_unit(t.float()) if normalise[n] else t.float()).to(dev)  # noqa: E731
+    tr = torch.stack([prep(train[n], n) for n in names])  # (P, N, V, F)
+    va = torch.stack([prep(val[n], n) for n in names])  # (P, M, W, F)
+    P, N, V, F = tr.shape
+    if V < 2:
+        raise CtxsslError(f"the train embeddings hold {V} view per object; the probes need pairs",
+                          "embed at least 2 train views per object")
+    g = torch.Generator().manual_seed(PAPER_SEED)
+    color = StackedMLP(P, [2 * F, 2], g).to(dev)
+    rotation = StackedMLP(P, [2 * F, PAPER_HIDDEN, PAPER_HIDDEN, 4], g).to(dev)
+    opts = [torch.optim.Adam(m.parameters(), lr=PAPER_LR, betas=PAPER_BETAS, weight_decay=0.0)
+            for m in (color, rotation)]
+    rng = np.random.default_rng([PAPER_SEED, 0xE7A1])
+    # the published loader drops the last partial batch; with fewer objects than one batch that would leave
+    # nothing, so then the one (partial) batch is kept
+    drop_last = N >= PAPER_BATCH
+    n_batches = N // PAPER_BATCH if drop_last else 1
+    steps = 0
+    for epoch in range(settings.epochs):
+        v1, v2 = draw_epoch_pairs(N, V, rng)
+        order = rng.permutation(N)
+        for b in range(n_batches):
+            obj = order[b * PAPER_BATCH:(b + 1) * PAPER_BATCH]
+            rot_t, col_t = (torch.as_tensor(a).to(dev) for a in pair_targets(train_latents, obj, v1[obj], v2[obj]))
+            x = _inputs(tr, obj, v1[obj], v2[obj])  # (P, B, 2F)
+            # per probe the mean over its batch and outputs, as nn.MSELoss; summed over probes
+            loss = ((color(x) - col_t).square().mean(dim=(1, 2)).sum()
+                    + (rotation(x) - rot_t).square().mean(dim=(1, 2)).sum())
+            for opt in opts:
+                opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for opt in opts:
+                opt.step()
+            steps += 1
+        if on_epoch is not None:
+            on_epoch(epoch + 1)
+    obj, w1, w2 = val_pairs
+    rot_v, col_v = pair_targets(val_latents, obj, w1, w2)
+    out: dict = {}
+    with torch.no_grad():
+        pred_rot, pred_col = [], []
+        for s in range(0, len(obj), 8192):  # bounded memory
+            x = _inputs(va, obj[s:s + 8192], w1[s:s + 8192], w2[s:s + 8192])
+            pred_rot.append(rotation(x).cpu())
+            pred_col.append(color(x).cpu())
+        pred_rot, pred_col = torch.cat(pred_rot, dim=1).numpy(), torch.cat(pred_col, dim=1).numpy()
+    for i, name in enumerate(names):
+        out[name] = {"rotation": {k: r2_score(rot_v, pred_rot[i], k) for k in R2_KINDS},
+                     "color": {k: r2_score(col_v, pred_col[i], k) for k in R2_KINDS}}
+    out["_meta"] = {"epochs": settings.epochs, "steps": steps, "drop_last": drop_last,
+                    "train_objects": int(N), "train_views": int(V), "seconds": time.perf_counter() - t0}
+    return out
