@@ -12,7 +12,6 @@ from ctxssl_cli.data.prepared import PreparedDataset
 from ctxssl_cli.errors import CtxsslError
 from ctxssl_cli.data.schema import ACTION_DIM
 from ctxssl_cli.model.build import build_model
-from ctxssl_cli.model.ctxssl import ContextSSL
 from ctxssl_cli.spec import RunSpec, spec_from_yaml_text, stored_meta
 
 
@@ -23,7 +22,7 @@ class LoadedRun:
     step: int
     spec: RunSpec
     meta: dict  # what the trainer recorded: resolution, mean/std, n_classes, data path and hash, ...
-    model: ContextSSL
+    model: torch.nn.Module  # ContextSSL, or a baseline (methods/heads.py TwoViewModel) for spec.method
     data: PreparedDataset
     device: torch.device
 

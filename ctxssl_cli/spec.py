@@ -1,7 +1,14 @@
 """Run specs: typed dataclasses validated on construction, YAML presets (with `extends`), --set overrides.
 
-A run spec has three sections, `data`, `model` and `train`. Every field has a default and a comment saying
-why or how to tune it; the defaults are the paper's settings on 3DIEBench (SPEC §2) unless said otherwise.
+A run spec names its `method` (contextssl, the default, or one of the baselines of SPEC §7: simclr, vicreg,
+equimod, sie, sen) and has three shared sections, `data`, `model` and `train`, plus one block per baseline
+holding that method's own hyperparameters (`simclr:`, `vicreg:`, ...). Every field has a default and a comment
+saying why or how to tune it; the defaults are the paper's settings on 3DIEBench (SPEC §2, §7) unless said
+otherwise (spec_methods.py holds the baselines' blocks). A key that does not apply to the spec's method is an
+error naming the method: another method's block when it is written at all (a preset chain or --set), and a
+ContextSSL-only key (CONTEXTSSL_ONLY: the transformer, masking, aux and InfoNCE keys) on a baseline when its value
+is not the default. A value equal to the default changes nothing, so a baseline spec that extends a ContextSSL one
+is refused only for what that chain actually changes.
 Unknown keys and wrong types are errors that name the key and suggest the closest valid one; every number is
 range-checked (INT_RANGES, FLOAT_RANGES: NaN and infinity are never accepted), so that a typo is an error that
 names the key and its range, never a crash or an out-of-memory minutes into a run.
@@ -24,6 +31,11 @@ import yaml
 
 from ctxssl_cli.data.schema import ENVIRONMENTS
 from ctxssl_cli.errors import CtxsslError
+# the baselines' blocks and names, re-exported: `from ctxssl_cli.spec import SIESpec, METHODS` works
+from ctxssl_cli.spec_methods import (  # noqa: F401
+    ACTION_WIDTHS, CONTEXTSSL_ONLY, ENCODER_FEATURES, MAX_PREDICTOR_WEIGHTS, METHOD_SECTIONS, METHOD_TITLES, METHODS,
+    PREDICTOR_METHODS, EquiModSpec, SENSpec, SIESpec, SimCLRSpec, VICRegSpec, mlp_widths, sie_widths,
+    validate_method_block)
 
 
 
@@ -133,26 +145,54 @@ class TrainSpec:
     grad_clip: float = 0.0
 
 
+
+
 @dataclass
 class RunSpec:
     # A name for the run (the preset's name by default); runs are written to runs/<name>-<timestamp>.
     name: str = "run"
+    # What is trained: contextssl (the paper's model) or a baseline of SPEC §7 (simclr, vicreg, equimod, sie,
+    # sen), trained by the same loop on the same pairs; a baseline's own settings are in its block below.
+    method: str = "contextssl"
     data: DataSpec = field(default_factory=DataSpec)
     model: ModelSpec = field(default_factory=ModelSpec)
     train: TrainSpec = field(default_factory=TrainSpec)
+    simclr: SimCLRSpec = field(default_factory=SimCLRSpec)
+    vicreg: VICRegSpec = field(default_factory=VICRegSpec)
+    equimod: EquiModSpec = field(default_factory=EquiModSpec)
+    sie: SIESpec = field(default_factory=SIESpec)
+    sen: SENSpec = field(default_factory=SENSpec)
 
     def __post_init__(self) -> None:
         validate(self)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The settings that apply to the method: for a baseline its own block and no ContextSSL-only key (so a
+        stored spec.yaml shows what the run used), for contextssl no baseline block."""
+        full = dataclasses.asdict(self)
+        out = {"name": self.name, "method": self.method}
+        for sec in BASE_SECTIONS:
+            out[sec] = {k: v for k, v in full[sec].items() if self.is_contextssl or f"{sec}.{k}" not in CONTEXTSSL_ONLY}
+        if not self.is_contextssl:
+            out[self.method] = full[self.method]
+        return out
+
+    @property
+    def is_contextssl(self) -> bool:
+        return self.method == "contextssl"
+
+    @property
+    def method_block(self):
+        """The baseline's own settings (SimCLRSpec, ...); None for contextssl."""
+        return None if self.is_contextssl else getattr(self, self.method)
 
     @property
     def pairs_per_seq(self) -> int:
         return self.model.block_size // 2
 
 
-SECTIONS = {"data": DataSpec, "model": ModelSpec, "train": TrainSpec}
+BASE_SECTIONS = {"data": DataSpec, "model": ModelSpec, "train": TrainSpec}
+SECTIONS = {**BASE_SECTIONS, **METHOD_SECTIONS}
 
 # Keys that `pretrain --resume --set` may change on a run that has already started: they change how the
 # optimisation continues (step size, clipping, where it stops), not what is being trained, so the resumed run
@@ -201,6 +241,7 @@ INT_RANGES = {
     "train.checkpoint_every": Range(1, 1_000_000_000),
     "train.seed": Range(0, 2**63 - 1),  # numpy's SeedSequence takes no negative seeds
     "train.log_every": Range(1, 1_000_000_000),
+    "sie.equi_dim": Range(1, 65536),  # and below the encoder's feature width (validate)
 }
 FLOAT_RANGES = {
     "model.dropout": Range(0.0, 1.0, high_open=True),
@@ -211,6 +252,17 @@ FLOAT_RANGES = {
     "train.aux_weight": Range(0.0, 1000.0),
     "train.temperature": Range(0.0, 100.0, low_open=True),
     "train.grad_clip": Range(0.0, 1e6),  # 0: no clipping
+    "simclr.temperature": Range(0.0, 100.0, low_open=True),
+    "vicreg.sim_coeff": Range(0.0, 1000.0),
+    "vicreg.std_coeff": Range(0.0, 1000.0),
+    "vicreg.cov_coeff": Range(0.0, 1000.0),
+    "equimod.temperature": Range(0.0, 100.0, low_open=True),
+    "equimod.equi_factor": Range(0.0, 1000.0),
+    "sie.equi_factor": Range(0.0, 1000.0),
+    "sie.sim_coeff": Range(0.0, 1000.0),
+    "sie.std_coeff": Range(0.0, 1000.0),
+    "sie.cov_coeff": Range(0.0, 1000.0),
+    "sen.temperature": Range(0.0, 100.0, low_open=True),
 }
 ENV_PROBABILITY = Range(0.0, 1.0)
 
@@ -230,7 +282,7 @@ def _suggest(key: str, candidates: list[str]) -> str:
 
 
 def _unknown_key(key: str) -> CtxsslError:
-    return CtxsslError(f"unknown spec key '{key}'", _suggest(key, _all_keys()))
+    return CtxsslError(f"unknown spec key '{key}'", _suggest(key, _all_keys() + ["method"]))
 
 
 def _coerce(key: str, value: Any, typ: Any) -> Any:
@@ -239,6 +291,8 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
         typ = {"str": str, "int": int, "float": float, "bool": bool, "dict": dict}[typ]
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if typ is str and key.endswith(".mlp") and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # a one-layer projector: YAML reads "512" as an int
     non_finite_text = isinstance(value, str) and value.strip().lower().lstrip("+-.") in ("nan", "inf", "infinity")
     if typ is float and (isinstance(value, float) and not math.isfinite(value) or non_finite_text):
         raise CtxsslError(f"spec key '{key}' must be a finite number, got {value!r}",
@@ -262,8 +316,8 @@ def from_dict(raw: dict) -> RunSpec:
         raise CtxsslError("a run spec must be a YAML mapping", "see presets/rotcolor.yaml for the layout")
     kwargs: dict[str, Any] = {}
     for sec, body in raw.items():
-        if sec == "name":
-            kwargs["name"] = _coerce("name", body, str)
+        if sec in ("name", "method"):
+            kwargs[sec] = _coerce(sec, body, str)
             continue
         if sec not in SECTIONS:
             raise _unknown_key(str(sec))
@@ -280,7 +334,45 @@ def from_dict(raw: dict) -> RunSpec:
                 raise _unknown_key(f"{sec}.{k}")
             vals[k] = _coerce(f"{sec}.{k}", v, hints[k])
         kwargs[sec] = cls(**vals)
+    check_method_keys(raw, kwargs.get("method", "contextssl"))
     return RunSpec(**kwargs)
+
+
+def check_method_keys(raw: dict, method: str) -> None:
+    """Refuse another method's block among the written keys (`raw`: a preset chain merged with --set), whatever
+    its values: `--set sie.equi_dim=...` on a SimCLR spec is a mistake even at SIE's default."""
+    if method not in METHODS:
+        raise CtxsslError(f"unknown method '{method}'", _suggest(str(method), list(METHODS)))
+    for sec in METHOD_SECTIONS:
+        if sec != method and raw.get(sec):
+            _foreign_block(f"{sec}.{next(iter(raw[sec]))}", method)
+
+
+def _foreign_block(key: str, method: str) -> None:
+    sec = key.split(".")[0]
+    raise CtxsslError(f"spec key '{key}' belongs to method {sec}, but this spec's method is {method}",
+                      f"remove the '{sec}' settings (from the preset or --set), or set method: {sec}")
+
+
+def _check_keys_apply(spec: RunSpec) -> None:
+    """Every setting the method would silently ignore must be at its default: another method's block, and on a
+    baseline the ContextSSL-only keys (a preset chain that merely repeats a default is accepted)."""
+    for sec, cls in METHOD_SECTIONS.items():
+        block, default = getattr(spec, sec), cls()
+        if sec != spec.method and block != default:
+            name = next(f.name for f in dataclasses.fields(cls) if getattr(block, f.name) != getattr(default, f.name))
+            _foreign_block(f"{sec}.{name}", spec.method)
+    if spec.is_contextssl:
+        return
+    changed = [k for k in _all_keys() if k in CONTEXTSSL_ONLY
+               and getattr(getattr(spec, k.split(".")[0]), k.split(".")[1]) != _default(k)]
+    if changed:
+        m, one = spec.method, len(changed) == 1
+        shown = ", ".join(changed[:4]) + (", ..." if len(changed) > 4 else "")
+        raise CtxsslError(f"{shown} {'is a ContextSSL key' if one else 'are ContextSSL keys'}, which method {m} does "
+                          "not use",
+                          f"remove {'it' if one else 'them'} (from the preset, its 'extends' chain or --set), or set "
+                          f"method: contextssl; a {m} run reads its settings from '{m}:'")
 
 
 def _default(key: str) -> Any:
@@ -315,7 +407,12 @@ def validate(spec: RunSpec) -> None:
         raise CtxsslError(
             f"model.n_embd ({m.n_embd}) must be divisible by model.n_head ({m.n_head})", "e.g. n_embd 2048, n_head 4"
         )
-    if t.batch_size % spec.pairs_per_seq:
+    if spec.method not in METHODS:
+        raise CtxsslError(f"unknown method '{spec.method}'", _suggest(str(spec.method), list(METHODS)))
+    _check_keys_apply(spec)
+    if not spec.is_contextssl:
+        validate_method_block(spec)
+    elif t.batch_size % spec.pairs_per_seq:
         raise CtxsslError(
             f"train.batch_size ({t.batch_size}) must be a multiple of the pairs per sequence "
             f"(model.block_size/2 = {spec.pairs_per_seq})",
@@ -434,8 +531,8 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     for item in overrides:
         parts, value = parse_override(item)
         key = ".".join(parts)
-        if parts[0] == "name" and len(parts) == 1:
-            out["name"] = value
+        if parts[0] in ("name", "method") and len(parts) == 1:
+            out[parts[0]] = value
             continue
         if len(parts) != 2 or parts[0] not in SECTIONS:
             # train.envs.rotation=0.3 style: a key inside a mapping field
@@ -458,8 +555,12 @@ LEGACY_DEFAULTS = {"train": {"mask_draw": "per_sequence", "nce_clamp": False}}  
 
 
 def _stored_run_spec(raw: dict) -> dict:
-    """A run's stored spec as settings: its `meta` dropped, keys older versions lacked filled as they behaved."""
+    """A run's stored spec as settings: its `meta` dropped, keys older versions lacked filled as they behaved.
+
+    The legacy keys are ContextSSL's: a baseline's stored spec leaves them out on purpose (to_dict)."""
     raw = {k: v for k, v in raw.items() if k != META_KEY}
+    if raw.get("method", "contextssl") != "contextssl":
+        return raw
     for section, legacy in LEGACY_DEFAULTS.items():
         if isinstance(raw.get(section), dict):
             raw[section] = {**legacy, **raw[section]}

@@ -21,6 +21,7 @@ EXPECTED = {
                  "--views-per-object", "--retrieval", "--batch-size", "--device", "--out"},
     ("evaluate",): {"--checkpoint", "--data", "--embeddings", "--context-length", "--probes", "--probe-epochs", "--r2",
                     "--train-views", "--device", "--out"},
+    ("compare",): {"--out", "--allow-mixed"},
 }
 
 
@@ -62,6 +63,9 @@ def test_help_lists_the_four_commands():
     (("prepare", "synthetic", "--layout", "blender"), "--layout"),
     (("embed", "--checkpoint", "/nonexistent/run"), "does not exist"),
     (("evaluate", "--checkpoint", "/nonexistent/run"), "does not exist"),
+    (("pretrain", "--preset", "demo/simclr", "--set", "train.mask_prob=0.5"), "train.mask_prob"),
+    (("pretrain", "--preset", "demo/simclr", "--set", "sie.equi_dim=64"), "method sie"),
+    (("compare", "/nonexistent/run", "--out", "/nonexistent/cmp"), "does not exist"),
 ])
 def test_bad_input_is_one_line_without_traceback(args, words, tmp_path):
     r = _run(*args, env={"CTXSSL_HOME": str(tmp_path), "CTXSSL_RUNS": str(tmp_path / "runs")})

@@ -156,7 +156,7 @@ def test_pipeline_probes_h_raw_and_z_normalised(monkeypatch):
         raise RuntimeError("captured")
 
     monkeypatch.setattr(pipeline, "fit_paper_probes", capture)
-    tr = {"h": torch.zeros(2, 2, 3), "latents": torch.zeros(2, 2, 7)} | {f"z.rotation.{c}": torch.zeros(2, 2, 3) for c in (0, 2)}
+    tr = {"h": torch.randn(2, 2, 3), "latents": torch.zeros(2, 2, 7)} | {f"z.rotation.{c}": torch.randn(2, 2, 3) for c in (0, 2)}
 
     class Run:  # the little evaluate_run reads before the probes
         class spec:
@@ -189,3 +189,13 @@ def test_probe_epochs_range_checked():
     for bad in (0, -3, 2.5, True, 10**9):
         with pytest.raises(CtxsslError, match="probe-epochs"):
             pp.PaperProbeSettings(epochs=bad)
+
+
+def test_identical_embeddings_share_one_probe():
+    from ctxssl_cli.evaluate.pipeline import identical_embeddings
+
+    b = torch.randn(3, 2, 4)
+    tr = {"h": b.clone(), "z.rotation.0": b, "z.color.0": b.clone(), "z.rotation.2": b + 1e-7}
+    va = {k: v[:2] for k, v in tr.items()}
+    keys = {"features": "h", "rotation@0": "z.rotation.0", "color@0": "z.color.0", "rotation@2": "z.rotation.2"}
+    assert identical_embeddings(tr, va, keys) == {"color@0": "rotation@0"}  # bitwise-equal z only (h is raw)

@@ -5,7 +5,10 @@ import pytest
 from ctxssl_cli.errors import CtxsslError
 from ctxssl_cli.spec import PRESETS_DIR, load_spec, preset_names, spec_from_yaml_text, to_yaml
 
-EXPECTED_PRESETS = {"rotcolor", "rotation", "color", "demo"}
+EXPECTED_PRESETS = {"rotcolor", "rotation", "color", "demo",
+                    # the baselines (SPEC §7): the published 3DIEBench runs and their CPU demos
+                    "simclr", "vicreg", "equimod", "sie", "sen",
+                    "demo/simclr", "demo/vicreg", "demo/equimod", "demo/sie", "demo/sen"}
 
 
 def test_every_preset_loads_and_the_count_is_known():

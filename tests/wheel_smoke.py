@@ -6,7 +6,8 @@ torchvision (and only what they require) visible to it through a .pth file (no s
 lets pip install the wheel's other declared dependencies, and runs from a folder outside the source tree:
 
     ctxssl --help; ctxssl pretrain --preset demo --help; every preset of presets/ loads from the installed package;
-    prepare synthetic (4 classes) -> a 2-step tiny pretrain --preset rotation -> embed -> evaluate.
+    prepare synthetic (4 classes) -> a 2-step tiny pretrain --preset rotation -> embed -> evaluate; a 2-step
+    pretrain --preset demo/sen (a baseline) -> evaluate -> compare.
 
 It fails when a preset, a module or a runtime dependency is missing from the wheel (the product's test extras,
 scikit-learn, scipy and pytest, are not visible in the venv).
@@ -130,7 +131,15 @@ def main() -> None:
              "--probe-epochs", 5, "--out", work / "eval"], work, env)
         if not (work / "eval" / "report.json").is_file():
             sys.exit("wheel smoke test failed: evaluate wrote no report.json")
-        print(f"wheel smoke test passed: {wheel.name}, {len(got)} presets, prepare/pretrain/embed/evaluate ran")
+        # a baseline (SPEC §7) through the same commands, then compare: the methods/ modules and demo/ presets ship
+        run([ctxssl, "pretrain", "--preset", "demo/sen", "--data", work / "s", "--out", work / "sen", "--device", "cpu",
+             "--set", "train.batch_size=8", "--set", "train.max_steps=2", "--set", "sen.mlp=32-16",
+             "--set", "data.resolution=16"], work, env)
+        run([ctxssl, "evaluate", "--checkpoint", work / "sen", "--probe-epochs", 5], work, env)
+        run([ctxssl, "compare", work / "sen", "--out", work / "cmp"], work, env)
+        if not (work / "cmp" / "compare.json").is_file():
+            sys.exit("wheel smoke test failed: compare wrote no compare.json")
+        print(f"wheel smoke test passed: {wheel.name}, {len(got)} presets, prepare/pretrain/embed/evaluate/compare ran")
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)

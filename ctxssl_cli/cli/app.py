@@ -13,7 +13,7 @@ import sys
 import typer
 
 from ctxssl_cli import __version__
-from ctxssl_cli.cli import embed, evaluate, prepare, pretrain
+from ctxssl_cli.cli import compare, embed, evaluate, prepare, pretrain
 from ctxssl_cli.errors import CtxsslError
 from ctxssl_cli.fileio import os_error_of
 
@@ -30,6 +30,7 @@ app.add_typer(prepare.app, name="prepare")
 app.command("pretrain", no_args_is_help=False)(pretrain.pretrain)
 app.command("embed")(embed.embed)
 app.command("evaluate")(evaluate.evaluate)
+app.command("compare")(compare.compare)
 
 
 def _version(value: bool) -> None:
@@ -41,7 +42,7 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                        help="Print the version and exit.")) -> None:
-    """Prepare a dataset, pretrain, embed with a context, evaluate."""
+    """Prepare a dataset, pretrain (ContextSSL or a baseline), embed with a context, evaluate, compare runs."""
 
 
 def os_error_message(e: OSError) -> str:

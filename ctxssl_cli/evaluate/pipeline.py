@@ -170,6 +170,23 @@ def factor_features(latents: np.ndarray) -> dict[str, np.ndarray]:
             "color": np.c_[np.cos(ang), np.sin(ang)]}
 
 
+def identical_embeddings(tr: dict, va: dict, keys: dict[str, str]) -> dict[str, str]:
+    """{name: first name with bit-identical train and val embeddings} for every repeated embedding, e.g. z at
+    c = 0, which no context mode changes. A probe fitted on one of them is a probe of every one (the published
+    script fits one per mode; theirs differ only by initialisation)."""
+    first: dict[str, str] = {}
+    same: dict[str, str] = {}
+    for name, key in keys.items():
+        for other, other_key in first.items():
+            if ((key == "h") == (other_key == "h")  # h is probed raw, z normalised: never shared
+                    and torch.equal(tr[key], tr[other_key]) and torch.equal(va[key], va[other_key])):
+                same[name] = other
+                break
+        else:
+            first[name] = key
+    return same
+
+
 def _put(section: dict, name: str, value) -> None:
     """Store a result under its report key: "features" as is, "mode@c" as section[mode][c]."""
     if name == "features":
@@ -204,12 +221,16 @@ def evaluate_run(run: LoadedRun, s: EvalSettings, given_files: list[Path], cache
     with track(progress, "R² probes (published protocol)", s.probe_epochs) as bar:
         t0 = time.perf_counter()
         va_pairs = eval_pairs(n_va, v_va, s.pairs_per_object, s.pair_seed + 1)
-        fitted = fit_paper_probes({name: tr[key] for name, key in keys.items()}, tr["latents"].numpy(),
-                                  {name: va[key] for name, key in keys.items()}, va["latents"].numpy(), va_pairs,
-                                  {name: key != "h" for name, key in keys.items()},
+        same_as = identical_embeddings(tr, va, keys)  # c = 0 is the same z in every mode: one probe serves all
+        probed = {name: key for name, key in keys.items() if name not in same_as}
+        fitted = fit_paper_probes({name: tr[key] for name, key in probed.items()}, tr["latents"].numpy(),
+                                  {name: va[key] for name, key in probed.items()}, va["latents"].numpy(), va_pairs,
+                                  {name: key != "h" for name, key in probed.items()},
                                   PaperProbeSettings(s.probe_epochs), device=str(run.device),
                                   on_epoch=lambda e: bar.advance(1, f"epoch {e}"))
-        probe_meta = fitted.pop("_meta")
+        probe_meta = fitted.pop("_meta") | {"shared_probes": same_as}
+        fitted |= {name: fitted[first] for name, first in same_as.items()}
+        fitted = {name: fitted[name] for name in keys}  # report order
         for name, cells in fitted.items():
             for kind in R2_KINDS:
                 _put(report["r2_definitions"][kind], name, {f: cells[f][kind] for f in ("rotation", "color")})
@@ -311,6 +332,9 @@ def evaluate_checkpoint(checkpoint: Path, data: Path | None, device: str, settin
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise CtxsslError(f"--out {out_dir} is a file", "name a folder for the report")
     run = load_run(checkpoint, data, resolve_device(device))
+    if not run.spec.is_contextssl:  # a baseline (SPEC §7): scored on its encoder features, evaluate/baseline.py
+        from ctxssl_cli.evaluate.baseline import evaluate_baseline_checkpoint
+        return evaluate_baseline_checkpoint(run, settings, list(embeddings or []), out_dir, progress, log)
     settings = settings.for_block_size(run.spec.model.block_size)
     target = Path(out_dir) if out_dir is not None else run.checkpoint.parent / "eval"
     try:

@@ -15,12 +15,15 @@ from matplotlib.figure import Figure
 from ctxssl_cli.fileio import commit, tmp_path_for
 
 MODES = ("rotation", "color", "none")  # SPEC §4 context modes, in display order
+# Section entries that are one row each, not a context mode with lengths: the encoder features h, and a baseline's
+# action-conditioned predictor (retrieval of EquiMod, SEN, SIE; evaluate/baseline.py).
+LEAF_ROWS = ("features", "predictor")
 _STYLE = {"rotation": ("C0", "o"), "color": ("C1", "s"), "none": ("C2", "^")}
 
 
 def section_modes(section: dict) -> list[str]:
-    """The context modes of a report section: SPEC order first, then any others sorted; not "features"."""
-    others = sorted(k for k, v in section.items() if k not in MODES and k != "features" and isinstance(v, dict))
+    """The context modes of a report section: SPEC order first, then any others sorted; not the LEAF_ROWS."""
+    others = sorted(k for k, v in section.items() if k not in MODES and k not in LEAF_ROWS and isinstance(v, dict))
     return [m for m in MODES if isinstance(section.get(m), dict)] + others
 
 

@@ -6,6 +6,8 @@ A report is a dict (SPEC §4 "Report"; floats, context lengths as strings, <mode
      "r2_definitions": {"paper": <as r2>, "sklearn": <as r2>},   (r2 is the one meta.settings.r2 names)
      "share": {"features": {"rotation": f, "color": f}, "<mode>": {"<c>": {"rotation": f, "color": f}}},
      "mrr":  {"<mode>": {"<c>": {"mrr": f, "h@1": f, "h@2": f, "h@5": f, "h@10": f}}},
+             (a baseline run, evaluate/baseline.py: "features" entries only, and "mrr": {"predictor": {...}} for
+              EquiMod, SEN and SIE; meta.method names the method)
      "top1": {"features": f, "<mode>": {"<c>": f}},
      "knn":  {"features": f, "<mode>": {"<c>": f}},
      "meta": {"checkpoint": ..., "data": ..., "context": {"label": "...", "kind": "default" or "file", ...},
@@ -22,7 +24,8 @@ import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
-from ctxssl_cli.evaluate.plots import plot_mrr_vs_context, plot_r2_vs_context, section_modes, sorted_lengths
+from ctxssl_cli.evaluate.plots import (LEAF_ROWS, plot_mrr_vs_context, plot_r2_vs_context, section_modes,
+                                       sorted_lengths)
 from ctxssl_cli.fileio import atomic_write_text
 
 SECTIONS = ("r2", "share", "mrr", "top1", "knn")
@@ -61,10 +64,9 @@ def _fmt(v) -> str:
 
 
 def _rows(section: dict, cell) -> list[list[str]]:
-    """One row per entry: "features" first, then mode@c in mode order and numeric length order."""
-    rows = []
-    if "features" in section:
-        rows.append(["features", *cell(section["features"])])
+    """One row per entry: "features" (and a baseline's "predictor") first, then mode@c in mode order and numeric
+    length order."""
+    rows = [[leaf, *cell(section[leaf])] for leaf in LEAF_ROWS if leaf in section]
     for mode in section_modes(section):
         for c in sorted_lengths(section[mode]):
             rows.append([f"{mode}@{c}", *cell(section[mode][c])])
@@ -151,7 +153,7 @@ def build_markdown(report: dict) -> str:
     """report.md: provenance, one table per result section (3 decimals), timings, settings, paper anchors."""
     meta = report.get("meta") or {}
     parts = ["# ctxssl evaluation report"]
-    info = [_describe(k, meta[k]) for k in ("checkpoint", "data") if meta.get(k) is not None]
+    info = [_describe(k, meta[k]) for k in ("method", "checkpoint", "data") if meta.get(k) is not None]
     if context_label(report):
         info.append(f"- **context**: {context_label(report)}")
     r2_def = (meta.get("settings") or {}).get("r2_definition")

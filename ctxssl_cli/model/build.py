@@ -1,10 +1,13 @@
-"""Spec (or checkpoint) -> model: the one place a ContextSSL model is constructed.
+"""Spec (or checkpoint) -> model: the one place a model is constructed, ContextSSL or a baseline.
 
 Training, embedding, evaluation and the benchmarks all build through here, so `embed`/`evaluate` never import
-the trainer.
+the trainer. `spec.method` picks the model: ContextSSL below, a baseline through the methods registry
+(ctxssl_cli/methods).
 """
 
 from __future__ import annotations
+
+from torch import nn
 
 from ctxssl_cli.model.ctxssl import ContextSSL
 from ctxssl_cli.spec import RunSpec
@@ -15,7 +18,12 @@ def aux_layout(spec: RunSpec) -> tuple[int, int]:
     return (4 if spec.train.aux_rotation == "quaternion" else 9), (2 if spec.train.aux_hue == "linear" else 4)
 
 
-def build_model(spec: RunSpec, action_dim: int) -> ContextSSL:
+def build_model(spec: RunSpec, action_dim: int) -> nn.Module:
+    """The model of `spec.method` with freshly initialised weights (from torch's global generator)."""
+    if not spec.is_contextssl:
+        from ctxssl_cli.methods import METHODS
+
+        return METHODS[spec.method].build(spec, action_dim)
     m = spec.model
     return ContextSSL(encoder=m.encoder, action_dim=action_dim, n_layer=m.n_layer, n_head=m.n_head,
                       n_embd=m.n_embd, dropout=m.dropout, aux_hidden=m.aux_hidden, aux_dim=sum(aux_layout(spec)),

@@ -35,7 +35,7 @@ from ctxssl_cli.model.build import build_model
 from ctxssl_cli.spec import OPTIMISATION_KEYS, RunSpec, spec_from_yaml_text, stored_meta, to_yaml
 from ctxssl_cli.train import dist as D
 from ctxssl_cli.schedule import warmup_cosine
-from ctxssl_cli.train.step import compute_loss, sample_env, step_mask
+from ctxssl_cli.train.step import compute_loss, compute_method_loss, sample_env, step_mask
 
 SPEC_NAME = "spec.yaml"
 METRICS_NAME = "metrics.jsonl"
@@ -91,9 +91,12 @@ def run_meta(spec: RunSpec, data: PreparedDataset, resolution: int, device: torc
 
 
 def diff_specs(a: RunSpec, b: RunSpec) -> list[str]:
+    """The dotted keys whose values differ ("method" first when the methods do: nothing else then compares)."""
+    if a.method != b.method:
+        return ["method"]
     da, db = a.to_dict(), b.to_dict()
     keys = []
-    for sec in ("data", "model", "train"):
+    for sec in ("data", "model", "train", *([] if a.is_contextssl else [a.method])):
         for k in da[sec]:
             if da[sec][k] != db[sec][k]:
                 keys.append(f"{sec}.{k}")
@@ -289,16 +292,20 @@ def pretrain(spec: RunSpec, data: PreparedDataset, run_dir: Path, info: D.DistIn
     spec_yaml = to_yaml(spec, meta)
 
     # ---- data: a pure function of (seed, epoch, step); each rank reads its own slice ---------------------
-    if t.batch_size % (info.world_size * spec.pairs_per_seq):
+    if spec.is_contextssl and t.batch_size % (info.world_size * spec.pairs_per_seq):
         raise CtxsslError(f"train.batch_size ({t.batch_size}) must split into whole sequences of "
                           f"{spec.pairs_per_seq} pairs on each of {info.world_size} ranks",
                           f"use a multiple of {info.world_size * spec.pairs_per_seq}")
+    if not spec.is_contextssl and (t.batch_size % info.world_size or t.batch_size // info.world_size < 2):
+        raise CtxsslError(f"train.batch_size ({t.batch_size}) must split into equal parts of at least 2 pairs on "
+                          f"each of {info.world_size} ranks (BatchNorm and the losses need 2 per rank)",
+                          f"use a multiple of {info.world_size} that is at least {2 * info.world_size}")
     sampler = PairSampler(train_split, t.batch_size, t.seed, info.rank, info.world_size, spec.data.canonical_quat)
     spe = sampler.steps_per_epoch
     total = spe * t.epochs if t.epochs else t.max_steps
     if t.max_steps:
         total = min(total, t.max_steps)
-    n_seq_global = t.batch_size // spec.pairs_per_seq
+    n_seq_global = t.batch_size // spec.pairs_per_seq  # ContextSSL's sequences (unused by the baselines)
     log = Logger(run_dir, info.is_main)
     if info.is_main:  # the folder is written only once the inputs are known to be good
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -371,15 +378,18 @@ def pretrain(spec: RunSpec, data: PreparedDataset, run_dir: Path, info: D.DistIn
                         raise _worker_error(e) from e
                     raise
                 batch = batch.to(device, non_blocking=True)
-                env = sample_env(t.envs, t.seed, step)
+                env = sample_env(t.envs, t.seed, step) if spec.is_contextssl else None
                 for g in opt.param_groups:
                     g["lr"] = float(lrs[step])
-                mask = step_mask(spec, step, n_seq_global, info, device)
-                out = compute_loss(fwd, batch, spec, env, mask, info, data.mean, data.std, resolution, amp)
+                if spec.is_contextssl:
+                    mask = step_mask(spec, step, n_seq_global, info, device)
+                    out = compute_loss(fwd, batch, spec, env, mask, info, data.mean, data.std, resolution, amp)
+                else:  # a baseline (SPEC §7): no environment, no context mask
+                    out = compute_method_loss(fwd, batch, spec, info, data.mean, data.std, resolution, amp)
                 if not math.isfinite(out.loss.item()):
                     raise NonFiniteLossError(
-                        f"loss became {out.loss.item()} at step {step} (env {env}); the last good checkpoint "
-                        f"is kept in {run_dir}",
+                        f"loss became {out.loss.item()} at step {step}{f' (env {env})' if env else ''}; the last "
+                        f"good checkpoint is kept in {run_dir}",
                         f"lower the learning rate or clip gradients and continue: {resume_hint(run_dir, t.lr)}")
                 opt.zero_grad(set_to_none=True)
                 out.loss.backward()
@@ -389,13 +399,20 @@ def pretrain(spec: RunSpec, data: PreparedDataset, run_dir: Path, info: D.DistIn
                 step += 1
                 pairs_done += t.batch_size
                 rate = pairs_done / max(time.perf_counter() - t0, 1e-9)
-                last = {"step": step, "epoch": epoch, "env": env, "loss": out.loss.item(), "nce": out.nce.item(),
-                        "aux": out.aux.item(), "aux_r2": out.aux_r2, "lr": float(lrs[step - 1]),
-                        "pairs_per_s": rate}
+                if spec.is_contextssl:
+                    last = {"step": step, "epoch": epoch, "env": env, "loss": out.loss.item(),
+                            "nce": out.nce.item(), "aux": out.aux.item(), "aux_r2": out.aux_r2,
+                            "lr": float(lrs[step - 1]), "pairs_per_s": rate}
+                    text = (f"{env[:3]} loss {last['loss']:.3f} (nce {last['nce']:.3f} aux {last['aux']:.3f} "
+                            f"r2 {last['aux_r2']:+.2f})")
+                else:
+                    terms = {k: v.item() for k, v in out.terms.items()}
+                    last = {"step": step, "epoch": epoch, "loss": out.loss.item(), **terms,
+                            "lr": float(lrs[step - 1]), "pairs_per_s": rate}
+                    text = f"loss {last['loss']:.3f} ({' '.join(f'{k} {v:.3f}' for k, v in terms.items())})"
                 if step % t.log_every == 0 or step == total:
                     log.metrics(last)
-                bar.update(step, f"ep {epoch} {env[:3]} loss {last['loss']:.3f} (nce {last['nce']:.3f} "
-                                 f"aux {last['aux']:.3f} r2 {last['aux_r2']:+.2f}) {rate:,.0f} pairs/s")
+                bar.update(step, f"ep {epoch} {text} {rate:,.0f} pairs/s")
                 if step % t.checkpoint_every == 0 or step == total:
                     save(step)
                 stopping = D.broadcast_flag(stop.set, info)  # the same answer on every rank

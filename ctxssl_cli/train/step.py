@@ -1,4 +1,5 @@
-"""One ContextSSL training step, from a batch of pairs to the loss (SPEC §2).
+"""One training step, from a batch of pairs to the loss: ContextSSL's (SPEC §2, `compute_loss`) and the
+baselines' (SPEC §7, `compute_method_loss`, which dispatches on spec.method through ctxssl_cli.methods).
 
 Kept apart from the loop so that tests (and the DDP equivalence check) can call exactly what training runs.
 """
@@ -108,3 +109,27 @@ def compute_loss(fwd: nn.Module, batch: PairBatch, spec: RunSpec, env: str, attn
         else:
             aux_r2 = float("nan")
     return StepOutput(loss=loss, nce=nce, aux=aux, aux_r2=aux_r2)
+
+
+@dataclass
+class MethodStepOutput:
+    loss: torch.Tensor
+    terms: dict[str, torch.Tensor]  # the method's unweighted loss terms (logged), e.g. inv, std, cov
+
+
+def compute_method_loss(fwd: nn.Module, batch: PairBatch, spec: RunSpec, info: DistInfo, mean, std,
+                        resolution: int, autocast_dtype: torch.dtype | None) -> MethodStepOutput:
+    """A baseline's step: both views and the full 6-d action through the model (maybe DDP-wrapped), then the
+    method's loss in float32 over the global batch (methods/<method>.py step_loss). No environment, no mask:
+    a baseline sees every action component it is built to read, at every step."""
+    from ctxssl_cli.methods import METHODS
+
+    device = info.device
+    x = to_model_input(batch.x, mean, std, resolution)  # (n, 3, R, R) float
+    y = to_model_input(batch.y, mean, std, resolution)
+    if device.type == "cuda":
+        x, y = x.contiguous(memory_format=torch.channels_last), y.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        out = fwd(x, y, batch.action)
+    terms = METHODS[spec.method].loss(out, spec.method_block, info)
+    return MethodStepOutput(loss=terms.pop("loss"), terms=terms)
