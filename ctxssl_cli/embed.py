@@ -458,6 +458,9 @@ def embed_run(checkpoint: Path, data: Path | None, device: str, settings: EmbedS
     from ctxssl_cli.runs import load_run
 
     run = load_run(checkpoint, data, resolve_device(device))
+    if not run.spec.is_contextssl:
+        raise CtxsslError(f"{run.checkpoint} is a {run.spec.method} run: it has no context to condition embeddings on",
+                          f"score it with `ctxssl evaluate --checkpoint {run.checkpoint.parent}` (R² and top-1 on h)")
     block = run.spec.model.block_size
     lengths = check_lengths(settings.lengths or default_lengths(block), block)
     split = run.data.split(settings.split)

@@ -63,8 +63,9 @@ def test_baseline_evaluate_refuses_context_options_and_embed(runs):
     root, _ = runs
     with pytest.raises(CtxsslError, match="--context-length applies to ContextSSL"):
         evaluate_checkpoint(root / "simclr", None, "cpu", EvalSettings(lengths=[0, 2], probe_epochs=3))
-    with pytest.raises(CtxsslError, match="no context transformer"):
+    with pytest.raises(CtxsslError, match="simclr run: it has no context") as e:
         embed_run(root / "simclr", None, "cpu", EmbedSettings(lengths=[0], out=root / "x.safetensors"))
+    assert "ctxssl evaluate" in e.value.fix and not (root / "x.safetensors").exists()
 
 
 def test_compare_two_runs_writes_one_table_with_the_paper_rows(runs, tmp_path):

@@ -1,4 +1,4 @@
-"""`ctxssl pretrain`: train a ContextSSL model from a preset or spec file (SPEC §2, §6)."""
+"""`ctxssl pretrain`: train ContextSSL or a baseline (the spec's `method:`) from a preset or spec file (SPEC §2, §6, §7)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def pretrain(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run already in --out (never files ctxssl did not write).")] = False,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model (GPU; slower start, faster steps).")] = False,
 ) -> None:
-    """Pretrain ContextSSL. Single process by default; under torchrun, DDP over all processes."""
+    """Pretrain ContextSSL, or a baseline (`method:` in the preset: simclr, vicreg, equimod, sie, sen). Single process by default; under torchrun, DDP over all processes."""
     from ctxssl_cli.spec import load_spec
 
     overrides = list(set_ or [])

@@ -102,7 +102,10 @@ def plot_r2_vs_context(report: dict, path: Path) -> None:
     ylim = r2_ylim(r2)
     for ax in (ax_rot, ax_col):
         ax.set_ylim(*ylim)
-    fig.suptitle("Equivariance against context length")
+    settings = (report.get("meta") or {}).get("settings") or {}
+    how = ", ".join(x for x in (f"{settings['probes']} probes" if settings.get("probes") else "",
+                                f"{settings['r2']} R²" if settings.get("r2") else "") if x)
+    fig.suptitle("Equivariance against context length" + (f" ({how})" if how else ""))
     _save(fig, path)
 
 
