@@ -42,7 +42,7 @@ class EvalSettings:
     lengths: list[int] | None = None  # None: DEFAULT_LENGTHS below the run's block size
     modes: list[str] = field(default_factory=lambda: list(MODES))
     # The R² probe protocol: "paper" (the published probes, SPEC §4 "Paper probes"; the only one: the fast
-    # closed-form protocol of ctxssl <= 0.2 disagreed with it by up to 0.55 R² on the demo and was removed).
+    # closed-form protocol of ctxssl <= 0.2 disagreed with it by up to 0.8 R² on the demo and was removed).
     probes: str = "paper"
     probe_epochs: int = 300  # the published protocol's epochs (its README's own command uses 200)
     # Which R² definition the headline tables use; both are always computed and reported:
@@ -63,7 +63,7 @@ class EvalSettings:
             raise CtxsslError(f"unknown --r2 '{self.r2_kind}'", "use --r2 paper or --r2 sklearn")
         if self.probes == "fast":
             raise CtxsslError("--probes fast was removed: its closed-form probes on standardised inputs disagreed "
-                              "with the published protocol by up to 0.55 R² on the demo (README, Results)",
+                              "with the published protocol by up to 0.8 R² on the demo (README, Results)",
                               "use --probes paper (the default); --probe-epochs N shortens it")
         if self.probes != "paper":
             raise CtxsslError(f"unknown --probes '{self.probes}'", "use --probes paper")
