@@ -7,6 +7,8 @@ builder's (model/encoder.py), so h means the same thing for all six methods and 
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor, nn
 
@@ -96,3 +98,20 @@ class TwoViewModel(nn.Module):
                           "MRR on its encoder features)")
 
     embed_queries = build_context
+
+
+class ProjectedPair(NamedTuple):
+    z1: Tensor  # projector(h) of view x (N, D)
+    z2: Tensor  # projector(h) of view y (N, D)
+
+
+class OneProjectorModel(TwoViewModel):
+    """Encoder + one projector shared by both views (SimCLR, VICReg): forward -> ProjectedPair."""
+
+    def __init__(self, encoder: str, action_dim: int, widths: list[int]):
+        super().__init__(encoder, action_dim)
+        self.projector = Projector(self.feature_dim, widths)
+
+    def forward(self, images_x: Tensor, images_y: Tensor, action: Tensor) -> ProjectedPair:
+        h1, h2 = self.encode_pair(images_x, images_y)
+        return ProjectedPair(self.projector(h1), self.projector(h2))

@@ -10,12 +10,10 @@ gathered with gradients (train/dist.py), as ContextSSL's step does.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from torch import Tensor
 
 from ctxssl_cli.losses import info_nce
-from ctxssl_cli.methods.heads import Projector, TwoViewModel
+from ctxssl_cli.methods.heads import OneProjectorModel, ProjectedPair
 from ctxssl_cli.spec import RunSpec, SimCLRSpec, mlp_widths
 from ctxssl_cli.train.dist import DistInfo, gather_with_grad
 
@@ -34,23 +32,13 @@ def global_nt_xent(z1: Tensor, z2: Tensor, temperature: float, info: DistInfo) -
     return nt_xent(z1, z2, temperature, all1, all2, offset=info.rank * z1.shape[0])
 
 
-class SimCLROutputs(NamedTuple):
-    z1: Tensor  # projector(h) of view x (N, D)
-    z2: Tensor  # projector(h) of view y (N, D)
+SimCLROutputs = ProjectedPair  # z1, z2: projector(h) of each view
 
 
-class SimCLR(TwoViewModel):
+class SimCLR(OneProjectorModel):
     """Encoder + one projector (spec simclr.mlp)."""
 
     method = "simclr"
-
-    def __init__(self, encoder: str, action_dim: int, widths: list[int]):
-        super().__init__(encoder, action_dim)
-        self.projector = Projector(self.feature_dim, widths)
-
-    def forward(self, images_x: Tensor, images_y: Tensor, action: Tensor) -> SimCLROutputs:
-        h1, h2 = self.encode_pair(images_x, images_y)
-        return SimCLROutputs(self.projector(h1), self.projector(h2))
 
 
 def build(spec: RunSpec, action_dim: int) -> SimCLR:

@@ -14,12 +14,10 @@ one-process gradient (tests/test_methods.py checks 1 process against 2). `varian
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch.nn.functional as F
 from torch import Tensor
 
-from ctxssl_cli.methods.heads import Projector, TwoViewModel
+from ctxssl_cli.methods.heads import OneProjectorModel, ProjectedPair
 from ctxssl_cli.spec import RunSpec, VICRegSpec, mlp_widths
 from ctxssl_cli.train.dist import DistInfo, gather_with_grad
 
@@ -51,23 +49,13 @@ def vicreg_loss(z1: Tensor, z2: Tensor, sim_coeff: float = 10.0, std_coeff: floa
     return {"loss": sim_coeff * inv + std_coeff * std + cov_coeff * cov, "inv": inv, "std": std, "cov": cov}
 
 
-class VICRegOutputs(NamedTuple):
-    z1: Tensor  # projector(h) of view x (N, D)
-    z2: Tensor  # projector(h) of view y (N, D)
+VICRegOutputs = ProjectedPair  # z1, z2: projector(h) of each view
 
 
-class VICReg(TwoViewModel):
+class VICReg(OneProjectorModel):
     """Encoder + one projector (spec vicreg.mlp)."""
 
     method = "vicreg"
-
-    def __init__(self, encoder: str, action_dim: int, widths: list[int]):
-        super().__init__(encoder, action_dim)
-        self.projector = Projector(self.feature_dim, widths)
-
-    def forward(self, images_x: Tensor, images_y: Tensor, action: Tensor) -> VICRegOutputs:
-        h1, h2 = self.encode_pair(images_x, images_y)
-        return VICRegOutputs(self.projector(h1), self.projector(h2))
 
 
 def build(spec: RunSpec, action_dim: int) -> VICReg:
