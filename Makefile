@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 CTXSSL := $(VENV)/bin/ctxssl
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test test-wheel test-slow demo clean-venv
+.PHONY: setup test test-wheel test-slow demo demo-2d clean-venv
 
 setup: $(STAMP)
 
@@ -30,6 +30,11 @@ test-slow: $(STAMP)
 # pretrain renders the synthetic benchmark on first use; evaluate takes the latest run
 demo: $(STAMP)
 	$(CTXSSL) pretrain --preset demo
+	$(CTXSSL) evaluate
+
+# the 2D environments (crop / blur) on the built-in benchmark's objects as plain images (rendered on first use)
+demo-2d: $(STAMP)
+	$(CTXSSL) pretrain --preset demo-2d
 	$(CTXSSL) evaluate
 
 clean-venv:

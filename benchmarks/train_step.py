@@ -1,6 +1,9 @@
 """Training-step throughput and where the time goes, for the paper architecture and the demo preset.
 
     python benchmarks/train_step.py [--data PREPARED_DIR] [--device auto|cpu|cuda] [--steps 5]
+    python benchmarks/train_step.py --contended [--steps 300]   (benchmarks/contention.py: beside a busy process)
+    python benchmarks/train_step.py --reference DIR [--steps 10] [--paper-steps 3]
+                                     (benchmarks/reference_step.py: against the published code, checked out in DIR)
 
 For each configuration it prints pairs/s, the share of step time in data / encoder forward / transformer
 forward / loss / backward / optimiser, and `mfu:` = achieved model FLOP/s (model_flops_per_pair x pairs/s)
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -121,9 +125,33 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, help="prepared dataset (default: render small temp ones)")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--steps", type=int, help="timed steps (default 5; --reference: 10; --contended: 300)")
     ap.add_argument("--paper-batch", type=int, default=64, help="reduced batch for the paper architecture")
-    args = ap.parse_args()
+    ap.add_argument("--contended", action="store_true",
+                    help="instead: demo training beside a second busy process (benchmarks/contention.py)")
+    ap.add_argument("--reference", type=Path, metavar="DIR",
+                    help="instead: our step against the published code's, side by side (benchmarks/reference_step.py;"
+                         " DIR: git clone https://github.com/Sharut/In-Context-Symmetries DIR)")
+    args, rest = ap.parse_known_args()
+    if args.reference:
+        if args.data or args.contended:
+            ap.error("--reference runs on random inputs of its own: drop --data and --contended")
+        sys.path.insert(0, str(Path(__file__).parent))
+        import reference_step
+
+        return reference_step.main([str(args.reference), "--device", args.device, "--paper-batch",
+                                    str(args.paper_batch), *rest,
+                                    *(["--steps", str(args.steps)] if args.steps is not None else [])])
+    if args.contended:
+        sys.path.insert(0, str(Path(__file__).parent))
+        import contention
+
+        sys.argv = [sys.argv[0], *rest, *(["--steps", str(args.steps)] if args.steps is not None else [])]
+        return contention.main()
+    if rest:
+        ap.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.steps is None:
+        args.steps = 5
     device = resolve_device(args.device)
     amp = torch.bfloat16 if device.type == "cuda" else None
     if device.type == "cuda":

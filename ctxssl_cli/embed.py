@@ -4,16 +4,22 @@ One encoder pass per image serves every context mode and length: the context onl
 part. For each (mode, length) the context's keys/values are computed once (KV cache) and reused by every
 query; a query is one image token [h, action or 0] attending to the cached context and to itself.
 
+Everything follows the run's action schema (data/schema.py): the split read (`LoadedRun.split`: stored views, or
+the fixed augmented views of an augment2d dataset, data/virtual_views.py), the actions (data/actions.py) and the
+context modes: one per factor plus "none" (views3d: rotation, color, none; augment2d: crop, color, blur, none).
+
 Embeddings file (safetensors):
 
     h               (N, V', F) float32  encoder features of every embedded view
     z.<mode>.<c>    (N, V', F) float32  context-conditioned outputs, L2-normalised (zero action)
     q.<mode>.<c>    (N, V', F) float32  with retrieval: the output for view 0 of the object with the action
                                         that maps view 0 to view j (the mode's components only), L2-normalised
-    latents         (N, V', 7) float32; labels (N,) int64; objects (N,) int64 (split indices); views (V',) int64
+    latents         (N, V', L) float32: views3d the 7 stored values per view, augment2d the 9 view parameters;
+                    labels (N,) int64; objects (N,) int64 (split indices); views (V',) int64
     metadata        checkpoint / data sha256, split, modes, lengths, protocol version, ..., context (JSON of
                     Context.describe(): kind default|file, source, file sha256, n_pairs, pairs) and
-                    context_source (its one-line label); both are part of the cache key
+                    context_source (its one-line label); both are part of the cache key; augment2d also
+                    virtual_views (JSON of AugmentedViews.describe(), part of the cache key)
 """
 
 from __future__ import annotations
@@ -35,16 +41,17 @@ from safetensors.torch import save_file
 
 from ctxssl_cli import __version__
 from ctxssl_cli.checkpoint import content_hash, read_verified
+from ctxssl_cli.data.actions import relative_action_for
 from ctxssl_cli.data.pairs import to_model_input
-from ctxssl_cli.data.rotations import relative_action
-from ctxssl_cli.data.schema import ACTION_DIM, revealed_mask
+from ctxssl_cli.data.schema import INVARIANT, SCHEMAS, VIEWS3D, ActionSchema, revealed_mask
 from ctxssl_cli.errors import CtxsslError
 from ctxssl_cli.fileio import commit, discard, tmp_path_for
 from ctxssl_cli.runs import LoadedRun
 
 PROTOCOL_VERSION = "1"
-MODES = ("rotation", "color", "none")
-MODE_ENV = {"rotation": "rotation", "color": "color", "none": "invariant"}  # what each mode keeps of an action
+NONE_MODE = "none"  # the context mode that zeroes every action
+MODES = ("rotation", "color", NONE_MODE)  # views3d's modes (modes_for(VIEWS3D))
+MODE_ENV = {"rotation": "rotation", "color": "color", NONE_MODE: INVARIANT}  # views3d: what each mode keeps
 DEFAULT_LENGTHS = (0, 2, 14, 30, 126)
 DEFAULT_CONTEXT_PAIRS = 64
 CONTEXT_SEED = 1234  # the fixed context of SPEC §4 is drawn with this seed from the train split
@@ -70,18 +77,45 @@ def track(progress: ProgressFactory | None, label: str, total: int, unit: str = 
     return progress(label, total, unit=unit, transient=True) if progress is not None else nullcontext(_Silent())
 
 
-def mode_mask(mode: str, action_dim: int = ACTION_DIM) -> torch.Tensor:
-    """(A,) float: 1 where the context mode keeps an action component (the mode's environment's reveal)."""
-    if mode not in MODE_ENV:
-        raise CtxsslError(f"unknown context mode '{mode}'", "use rotation, color or none")
-    return revealed_mask(MODE_ENV[mode], action_dim).float()
+def modes_for(schema: ActionSchema = VIEWS3D) -> tuple[str, ...]:
+    """The context modes of a schema: one per factor (it keeps that factor's components), then "none"."""
+    return (*schema.factor_names, NONE_MODE)
 
 
-def check_modes(modes: list[str] | None) -> list[str]:
-    """The context modes, deduplicated in the given order (default: all three); unknown names are errors."""
-    modes = list(dict.fromkeys(modes or MODES))
+def _one_of(names) -> str:
+    names = list(names)
+    return ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
+
+
+def mode_mask(mode: str, action_dim: int | None = None, device="cpu", schema: ActionSchema = VIEWS3D) -> torch.Tensor:
+    """(A,) float: 1 where the context mode keeps an action component (the reveal of the environment of the same
+    name; "none": the invariant environment). A defaults to the schema's width."""
+    if mode not in modes_for(schema):
+        raise CtxsslError(f"unknown context mode '{mode}'" + ("" if schema == VIEWS3D else f" for {schema.name} data"),
+                          f"use {_one_of(modes_for(schema))}")
+    env = INVARIANT if mode == NONE_MODE else mode
+    return revealed_mask(env, schema.dim if action_dim is None else action_dim, device, schema=schema).float()
+
+
+def check_mode_names(modes: list[str] | None) -> list[str] | None:
+    """The context modes deduplicated in the given order, None (the run's schema decides) kept; a name that no
+    schema knows is an error. For checking options before a run (and so its schema) is loaded."""
+    if not modes:
+        return None
+    known = {m: None for s in SCHEMAS.values() for m in modes_for(s)}
     for m in modes:
-        mode_mask(m)  # validates the name
+        if m not in known:
+            raise CtxsslError(f"unknown context mode '{m}'", f"use {_one_of(MODES)} (3D views), or "
+                              f"{_one_of(modes_for(SCHEMAS['augment2d']))} (2D augmentations)")
+    return list(dict.fromkeys(modes))
+
+
+def check_modes(modes: list[str] | None, schema: ActionSchema = VIEWS3D) -> list[str]:
+    """The context modes, deduplicated in the given order (default: all of the schema's); unknown names are
+    errors."""
+    modes = list(dict.fromkeys(modes or modes_for(schema)))
+    for m in modes:
+        mode_mask(m, schema=schema)  # validates the name
     return modes
 
 
@@ -143,13 +177,13 @@ def check_out_file(path: Path) -> Path:
 
 @dataclass
 class Context:
-    """Context pairs: (object index in the split, view a, view b) and their 6-d actions (unmasked)."""
+    """Context pairs: (object index in the split, view a, view b) and their actions (unmasked, the run's schema)."""
 
     split: str
     obj: np.ndarray
     view_a: np.ndarray
     view_b: np.ndarray
-    action: np.ndarray  # (P, ACTION_DIM) float32
+    action: np.ndarray  # (P, schema.dim) float32
     source: str  # "default-seed-1234" or the file it came from
     sha256: str | None = None  # of the context file; None for the default seeded context
 
@@ -190,8 +224,9 @@ def check_context_covers(context: Context, lengths: list[int]) -> None:
 
 
 def default_context(run: LoadedRun, n_pairs: int = DEFAULT_CONTEXT_PAIRS, seed: int = CONTEXT_SEED) -> Context:
-    """64 fixed, seeded training pairs: distinct objects (while there are enough), two distinct views each."""
-    split = run.data.split("train")
+    """64 fixed, seeded training pairs: distinct objects (while there are enough), two distinct views each (of an
+    augment2d dataset: two of its fixed evaluation views)."""
+    split = run.split("train")
     rng = np.random.default_rng(seed)
     obj = rng.permutation(split.n_objects)[:n_pairs]
     if len(obj) < n_pairs:
@@ -202,9 +237,9 @@ def default_context(run: LoadedRun, n_pairs: int = DEFAULT_CONTEXT_PAIRS, seed: 
 
 
 def _context_from(run: LoadedRun, split_name: str, obj, va, vb, source: str, sha256: str | None = None) -> Context:
-    split = run.data.split(split_name)
+    split = run.split(split_name)
     canonical = run.spec.data.canonical_quat
-    action = relative_action(split.latents[obj, va], split.latents[obj, vb], canonical=canonical)
+    action = relative_action_for(run.schema, split.latents[obj, va], split.latents[obj, vb], canonical=canonical)
     return Context(split_name, np.asarray(obj), np.asarray(va), np.asarray(vb), action, source, sha256)
 
 
@@ -225,6 +260,7 @@ def load_context_file(run: LoadedRun, path: Path) -> Context:
           - {object: 12, from: 0, to: 5}     # an object index in the split also works
 
     Read with yaml.safe_load only. Every problem is one line naming the file and the pair (numbered from 1).
+    On an augment2d dataset `from` and `to` name the fixed evaluation views (data/virtual_views.py).
     """
     path = Path(path)
     fix = "pass a YAML file as in the README's 'Context files' example"
@@ -249,7 +285,7 @@ def load_context_file(run: LoadedRun, path: Path) -> Context:
     split_name = raw.get("split", "train")
     if not isinstance(split_name, str):
         raise CtxsslError(f"context file {path}: split {split_name!r} is not a name", "use split: train or split: val")
-    split = run.data.split(split_name)
+    split = run.split(split_name)
     index = {oid: i for i, oid in enumerate(split.object_ids)}
     obj, va, vb = [], [], []
     for k, p in enumerate(raw["pairs"], start=1):
@@ -283,7 +319,7 @@ def encode_views(run: LoadedRun, split_name: str, obj: np.ndarray, view: np.ndar
                  progress: ProgressFactory | None = None, label: str = "encode") -> torch.Tensor:
     """Encoder features for the given (object, view) pairs, in order: (len(obj), F) float32 on the CPU."""
     batch_size = check_batch_size(batch_size, "batch size")
-    split = run.data.split(split_name)
+    split = run.split(split_name)
     mean, std = run.meta.get("mean", run.data.mean), run.meta.get("std", run.data.std)
     out = []
     with track(progress, label, len(obj), unit="img") as bar:
@@ -314,7 +350,7 @@ def embed_split(run: LoadedRun, split_name: str, modes: list[str], lengths: list
 
     `progress` makes a tracker per stage (encoding the split, then the contexts); see ProgressFactory."""
     check_context_covers(context, lengths)
-    split = run.data.split(split_name)
+    split = run.split(split_name)
     n, v_all = split.n_objects, split.n_views
     if views_per_object and views_per_object < v_all:
         views = np.sort(np.random.default_rng([seed, 0x71E5]).choice(v_all, views_per_object, replace=False))
@@ -333,13 +369,14 @@ def embed_split(run: LoadedRun, split_name: str, modes: list[str], lengths: list
     ctx_action = torch.as_tensor(context.action[:c_max]).to(run.device)
     tensors = {"h": h.reshape(n, v, -1)}
     if retrieval:
-        lat = split.latents[:, views]  # (n, v, 7)
-        rel = relative_action(np.repeat(lat[:, :1], v, axis=1), lat, canonical=run.spec.data.canonical_quat)
+        lat = split.latents[:, views]  # (n, v, L)
+        rel = relative_action_for(run.schema, np.repeat(lat[:, :1], v, axis=1), lat,
+                                  canonical=run.spec.data.canonical_quat)  # (n, v, A)
         q_action = torch.as_tensor(rel.reshape(n * v, -1))  # view 0 -> view j, for every j
         h0 = h.reshape(n, v, -1)[:, 0].repeat_interleave(v, dim=0)  # (n*v, F): view 0 repeated
     with track(progress, f"contexts {split_name}", len(modes) * len(lengths)) as bar:
         for mode in modes:
-            keep = mode_mask(mode, run.action_dim).to(run.device)
+            keep = mode_mask(mode, run.action_dim, run.device, schema=run.schema)
             for c in lengths:
                 k = c // 2
                 cache = run.model.build_context(ctx_hx[:k], ctx_hy[:k], ctx_action[:k] * keep)
@@ -357,6 +394,7 @@ def embed_split(run: LoadedRun, split_name: str, modes: list[str], lengths: list
 
 def embeddings_metadata(run: LoadedRun, split: str, modes, lengths, context: Context, retrieval: bool,
                         views_per_object: int | None) -> dict[str, str]:
+    virtual = virtual_views(run, split)
     return {
         "format": "ctxssl-embeddings",
         "protocol_version": PROTOCOL_VERSION,
@@ -373,13 +411,23 @@ def embeddings_metadata(run: LoadedRun, split: str, modes, lengths, context: Con
         "views_per_object": str(views_per_object or 0),
         "context": json.dumps(context.describe()),
         "context_source": context.label(),
+        **({"virtual_views": virtual} if virtual is not None else {}),
     }
 
 
+def virtual_views(run: LoadedRun, split: str) -> str | None:
+    """JSON of what determines the evaluation views of an augment2d split (AugmentedViews.describe()); None for
+    stored views."""
+    describe = getattr(run.split(split), "describe", None)
+    return json.dumps(describe(), sort_keys=True) if describe is not None else None
+
+
 def cache_key(meta: dict[str, str]) -> str:
-    """A short hash of everything that determines an embeddings file's contents."""
+    """A short hash of everything that determines an embeddings file's contents (the evaluation views of an
+    augment2d split too; a views3d key is what it was before they existed)."""
     fields = ("protocol_version", "checkpoint_sha256", "data_manifest_sha256", "split", "modes", "lengths",
               "retrieval", "views_per_object", "context", "context_source")
+    fields += ("virtual_views",) if "virtual_views" in meta else ()
     return hashlib.sha256(json.dumps([meta[f] for f in fields]).encode()).hexdigest()[:16]
 
 
@@ -416,7 +464,7 @@ class EmbedSettings:
     """What `ctxssl embed` was asked for; checked on construction, before any run is loaded."""
 
     split: str = "val"
-    modes: list[str] | None = None  # None: all three
+    modes: list[str] | None = None  # None: all of the run's schema (views3d: rotation, color, none)
     lengths: list[int] | None = None  # None: DEFAULT_LENGTHS below the run's block size
     context_pairs: Path | None = None  # a context file; None: the default seeded context
     views_per_object: int = 0  # 0: every view
@@ -427,7 +475,7 @@ class EmbedSettings:
     def __post_init__(self):
         if not isinstance(self.split, str) or not self.split:
             raise CtxsslError(f"--split {self.split!r} is not a split name", "use --split train or --split val")
-        self.modes = check_modes(self.modes)
+        self.modes = check_mode_names(self.modes)  # against the run's schema once it is loaded
         if self.lengths:
             self.lengths = check_lengths(list(self.lengths))
         self.views_per_object = check_int("--views-per-object", self.views_per_object, 0, None,
@@ -463,20 +511,21 @@ def embed_run(checkpoint: Path, data: Path | None, device: str, settings: EmbedS
                           f"score it with `ctxssl evaluate --checkpoint {run.checkpoint.parent}` (R² and top-1 on h)")
     block = run.spec.model.block_size
     lengths = check_lengths(settings.lengths or default_lengths(block), block)
-    split = run.data.split(settings.split)
+    modes = check_modes(settings.modes, run.schema)
+    split = run.split(settings.split)
     if settings.views_per_object > split.n_views:
         raise CtxsslError(f"--views-per-object {settings.views_per_object} is more than the {split.n_views} views "
                           f"of split '{settings.split}'", f"use 0 (every view) or a number up to {split.n_views}")
     context = load_context_file(run, settings.context_pairs) if settings.context_pairs else default_context(run)
     check_context_covers(context, lengths)
     vpo = settings.views_per_object or None
-    meta = embeddings_metadata(run, settings.split, settings.modes, lengths, context, settings.retrieval, vpo)
+    meta = embeddings_metadata(run, settings.split, modes, lengths, context, settings.retrieval, vpo)
     target = settings.out or (run.checkpoint.parent / "embeddings" / f"{settings.split}-{cache_key(meta)}.safetensors")
     target = check_out_file(target)
     log(f"checkpoint: {run.checkpoint} (step {run.step})  data: {run.data.root}  split: {settings.split}")
     log(f"context: {context.label()}")
-    tensors = embed_split(run, settings.split, settings.modes, lengths, context, vpo, settings.retrieval,
+    tensors = embed_split(run, settings.split, modes, lengths, context, vpo, settings.retrieval,
                           settings.batch_size, progress=progress)
     save_embeddings(target, tensors, meta)
     n, v, f = tensors["h"].shape
-    return EmbedResult(target, (n, v, f), settings.modes, lengths, context, run)
+    return EmbedResult(target, (n, v, f), modes, lengths, context, run)

@@ -25,6 +25,12 @@ def default_synthetic_dir() -> Path:
     return home() / "datasets" / "synthetic"
 
 
+def default_synthetic_images_dir() -> Path:
+    """The built-in benchmark's views as a plain image dataset (`prepare synthetic --layout images`): the data of
+    `data.builtin: synthetic-images` (the demo-2d preset)."""
+    return home() / "datasets" / "synthetic-images"
+
+
 def runs_dir() -> Path:
     return _env_dir("CTXSSL_RUNS", "runs")
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from ctxssl_cli.data.schema import ENVIRONMENTS
+from ctxssl_cli.data.schema import SCHEMAS
 from ctxssl_cli.errors import CtxsslError
 # the baselines' blocks and names, re-exported: `from ctxssl_cli.spec import SIESpec, METHODS` works
 from ctxssl_cli.spec_methods import (  # noqa: F401
@@ -57,9 +57,12 @@ PRESETS_DIR = _presets_dir()
 
 @dataclass
 class DataSpec:
-    # Prepared dataset folder (`ctxssl prepare ...`). Empty: the built-in synthetic benchmark at its default
-    # location, rendered on first use.
+    # Prepared dataset folder (`ctxssl prepare ...`); a leading $CTXSSL_HOME is the datasets' home (default
+    # ~/.cache/ctxssl). Empty: the built-in dataset (data.builtin) at its default location, rendered on first use.
     path: str = ""
+    # The built-in dataset used when path is empty, rendered on first use: "synthetic" (the 3D benchmark, stored
+    # views) or "synthetic-images" (its objects as plain images, one each, for the 2D environments: demo-2d).
+    builtin: str = "synthetic"
     # Training resolution in pixels. 0: the dataset's own resolution (from its manifest). A smaller value
     # resizes on the fly (antialiased); the paper trains at 128 on 3DIEBench.
     resolution: int = 0
@@ -143,6 +146,10 @@ class TrainSpec:
     log_every: int = 10
     # Clip the global gradient norm to this value (0: no clipping, as the paper).
     grad_clip: float = 0.0
+    # CPU threads (train/threads.py). 0 (auto): start with torch's count (the cores, or OMP_NUM_THREADS) and follow
+    # the cores other processes leave free, so a second job on the machine does not collapse this one; train.log
+    # records each change. N: pin N threads (bit-exact reruns on a shared machine). Ignored on CUDA.
+    threads: int = 0
 
 
 
@@ -241,6 +248,7 @@ INT_RANGES = {
     "train.checkpoint_every": Range(1, 1_000_000_000),
     "train.seed": Range(0, 2**63 - 1),  # numpy's SeedSequence takes no negative seeds
     "train.log_every": Range(1, 1_000_000_000),
+    "train.threads": Range(0, 4096),  # 0: auto
     "sie.equi_dim": Range(1, 65536),  # and below the encoder's feature width (validate)
 }
 FLOAT_RANGES = {
@@ -432,11 +440,15 @@ def validate(spec: RunSpec) -> None:
                           "e.g. --set train.mask_draw=per_layer (the published model)")
     if t.precision not in ("auto", "fp32", "bf16"):
         raise CtxsslError(f"train.precision must be auto, fp32 or bf16, got '{t.precision}'", "e.g. --set train.precision=auto")
+    if spec.data.builtin not in ("synthetic", "synthetic-images"):
+        raise CtxsslError(f"data.builtin must be synthetic or synthetic-images, got '{spec.data.builtin}'",
+                          "e.g. --set data.builtin=synthetic-images (or give data.path)")
     if not t.envs:
         raise CtxsslError("train.envs is empty", "e.g. --set train.envs='{rotation: 0.5, color: 0.5}'")
     for name, p in t.envs.items():
-        if name not in ENVIRONMENTS:
-            raise CtxsslError(f"unknown environment '{name}' in train.envs", _suggest(str(name), list(ENVIRONMENTS)))
+        known = list(dict.fromkeys(e for schema in SCHEMAS.values() for e in schema.environments))
+        if name not in known:  # the dataset's schema is checked at pretrain time (train/loop.py check_schema)
+            raise CtxsslError(f"unknown environment '{name}' in train.envs", _suggest(str(name), known))
         if not _finite_number(p) or p not in ENV_PROBABILITY:
             raise CtxsslError(f"train.envs.{name} must be a probability in {ENV_PROBABILITY}, got {p!r}",
                               "e.g. rotation: 0.5")

@@ -16,12 +16,17 @@ EXPECTED = {
     ("prepare", "3diebench"): {"--source", "--out", "--resolution", "--codec", "--train-list", "--val-list",
                                "--train-labels", "--val-labels", "--workers", "--overwrite"},
     ("pretrain",): {"--preset", "--data", "--out", "--name", "--set", "--device", "--resume", "--overwrite",
-                    "--compile"},
+                    "--compile", "--log"},
     ("embed",): {"--checkpoint", "--data", "--split", "--context-mode", "--context-length", "--context-pairs",
                  "--views-per-object", "--retrieval", "--batch-size", "--device", "--out"},
     ("evaluate",): {"--checkpoint", "--data", "--embeddings", "--context-length", "--probes", "--probe-epochs", "--r2",
                     "--train-views", "--device", "--out"},
     ("compare",): {"--out", "--allow-mixed"},
+    ("plot",): {"--out"},
+    ("export",): {"--out", "--overwrite"},
+    ("prepare", "cifar10"): {"--source", "--out", "--codec", "--overwrite"},
+    ("prepare", "images"): {"--source", "--out", "--val-fraction", "--resolution", "--codec", "--workers", "--seed",
+                            "--overwrite"},
 }
 
 

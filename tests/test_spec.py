@@ -8,7 +8,9 @@ from ctxssl_cli.spec import PRESETS_DIR, load_spec, preset_names, spec_from_yaml
 EXPECTED_PRESETS = {"rotcolor", "rotation", "color", "demo",
                     # the baselines (SPEC §7): the published 3DIEBench runs and their CPU demos
                     "simclr", "vicreg", "equimod", "sie", "sen",
-                    "demo/simclr", "demo/vicreg", "demo/equimod", "demo/sie", "demo/sen"}
+                    "demo/simclr", "demo/vicreg", "demo/equimod", "demo/sie", "demo/sen",
+                    # 2D augmentation environments (SPEC §3.4): CIFAR-10 settings and the CPU demo
+                    "cifar10-crop-blur", "cifar10-color-blur", "cifar10-crop-color", "demo-2d"}
 
 
 def test_every_preset_loads_and_the_count_is_known():

@@ -13,7 +13,7 @@ import sys
 import typer
 
 from ctxssl_cli import __version__
-from ctxssl_cli.cli import compare, embed, evaluate, prepare, pretrain
+from ctxssl_cli.cli import compare, embed, evaluate, export, plot, prepare, pretrain
 from ctxssl_cli.errors import CtxsslError
 from ctxssl_cli.fileio import os_error_of
 
@@ -31,6 +31,8 @@ app.command("pretrain", no_args_is_help=False)(pretrain.pretrain)
 app.command("embed")(embed.embed)
 app.command("evaluate")(evaluate.evaluate)
 app.command("compare")(compare.compare)
+app.command("export")(export.export)
+app.command("plot")(plot.plot)
 
 
 def _version(value: bool) -> None:

@@ -14,7 +14,7 @@ def embed(
     checkpoint: CheckpointOpt = None,
     data: DataOpt = None,
     split: Annotated[str, typer.Option("--split", help="train or val.")] = "val",
-    context_mode: Annotated[Optional[list[str]], typer.Option("--context-mode", "-m", help="rotation, color or none; repeatable. Default: all three.")] = None,
+    context_mode: Annotated[Optional[list[str]], typer.Option("--context-mode", "-m", help="Per factor of the run's dataset, or none: rotation, color, none (3D views); crop, color, blur, none (2D augmentations). Repeatable. Default: all of the dataset's.")] = None,
     context_length: ContextLengthOpt = None,
     context_pairs: Annotated[Optional[Path], typer.Option("--context-pairs", help="YAML file of your own context pairs (see README).")] = None,
     views_per_object: Annotated[int, typer.Option("--views-per-object", help="Embed this many seeded views per object (0: all).")] = 0,
@@ -23,7 +23,7 @@ def embed(
     device: DeviceOpt = "auto",
     out_file: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output .safetensors. Default: RUN/embeddings/<split>-<hash>.safetensors.")] = None,
 ) -> None:
-    """Embed every view of a split: features h and outputs z per context mode and length, one encoder pass."""
+    """Embed every view of a split (a 2D dataset: 4 fixed augmented views per image): features h and outputs z per context mode and length, one encoder pass."""
     from ctxssl_cli.embed import EmbedSettings, embed_run
     from ctxssl_cli.progress import Progress
 

@@ -22,7 +22,7 @@ def evaluate(
     device: DeviceOpt = "auto",
     out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Report folder. Default: RUN/eval.")] = None,
 ) -> None:
-    """R² of rotation/color (pair probes), MRR/H@k retrieval, linear and kNN top-1: tables, JSON and plots."""
+    """R² per factor (rotation/color, or crop/color/blur on 2D data; pair probes), MRR/H@k retrieval, linear and kNN top-1: tables, JSON and plots."""
     from ctxssl_cli.evaluate.pipeline import EvalSettings, evaluate_checkpoint
     from ctxssl_cli.evaluate.report import print_tables
     from ctxssl_cli.progress import Progress

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ctxssl_cli.cli.common import DeviceOpt, err, out
+from ctxssl_cli.errors import CtxsslError
 
 
 def pretrain(
@@ -19,7 +20,8 @@ def pretrain(
     device: DeviceOpt = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its checkpoint, exactly.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run already in --out (never files ctxssl did not write).")] = False,
-    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model (GPU; slower start, faster steps).")] = False,
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model (slower start; on the CPU about 1.06x on the demo, off by default).")] = False,
+    log: Annotated[Optional[str], typer.Option("--log", help="Also log metrics to: tensorboard (RUN/tensorboard; needs the optional tensorboard package).")] = None,
 ) -> None:
     """Pretrain ContextSSL, or a baseline (`method:` in the preset: simclr, vicreg, equimod, sie, sen). Single process by default; under torchrun, DDP over all processes."""
     from ctxssl_cli.spec import load_spec
@@ -30,6 +32,12 @@ def pretrain(
     if name is not None:
         overrides.append(f"name={name}")
     spec = load_spec(preset, overrides)  # first, so that a typo fails in a fraction of a second
+    if log not in (None, "tensorboard"):
+        raise CtxsslError(f"unknown --log '{log}'", "use --log tensorboard (metrics.jsonl and curves.png are always written)")
+    if log == "tensorboard":
+        from ctxssl_cli.train.loop import check_tensorboard
+
+        check_tensorboard()
 
     from ctxssl_cli.train.launch import run_pretraining
 
@@ -37,7 +45,7 @@ def pretrain(
         err.print(f"run: {run_dir}  data: {data_dir}  device: {dev}  ranks: {world}")
 
     result = run_pretraining(spec, out_dir=out_dir, resume=resume, overwrite=overwrite, device=device,
-                             compile_model=compile_, on_start=started)
+                             compile_model=compile_, tensorboard=log == "tensorboard", on_start=started)
     if not result.is_main:
         return
     summary = result.summary

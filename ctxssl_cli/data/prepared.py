@@ -4,11 +4,15 @@ Layout of a prepared dataset DIR (SPEC §3.3):
 
     DIR/manifest.yaml              written LAST, atomically: its presence means "complete"
     DIR/<split>/object_ids.txt     one "SYNSET/OBJ_ID" per line, in split order
-    DIR/<split>/meta.safetensors   labels (N,) int64, latents (N, V, 7) float32,
+    DIR/<split>/meta.safetensors   labels (N,) int64, latents (N, V, 7) float32 ((N, 1, 0) in an augment2d dataset:
+                                   one image per object, views made on the fly, nothing stored per view),
                                    jpeg codec only: jpeg_offsets, jpeg_lengths (N, V) int64 (within the chunk file)
     DIR/<split>/images_00000.u8    raw codec: uint8 (n, V, 3, H, W), C-order, memory-mapped (CHW: no transpose)
     DIR/<split>/images_00000.jpgs  jpeg codec: the n*V JPEGs of the chunk, concatenated
     DIR/.incomplete/               work in progress: plan.yaml + one safetensors per finished chunk; removed last
+
+The manifest of a 2D dataset (CIFAR-10, an image folder) declares `action_schema: augment2d` (data/schema.py);
+one without `action_schema` holds 3DIEBench-like stored views.
 
 A chunk is a run of consecutive objects of one split. Each chunk's image file is written to a temporary name
 unique to the process and renamed, then its record (latents, JPEG index, pixel histogram, sha256) lands in

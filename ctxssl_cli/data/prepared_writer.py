@@ -34,6 +34,7 @@ _SPLIT_TEMP = re.compile(r"\.(object_ids\.txt|meta\.safetensors|images_\d{5}\.(u
                          r"|(object_ids\.txt|meta\.safetensors|images_\d{5}\.(u8|jpgs))\.tmp")
 _ROOT_TEMP = re.compile(r"\.manifest\.yaml\.tmp-\d+|manifest\.yaml\.tmp")
 _WORK_TEMP = re.compile(r"\..+\.tmp-\d+|.+\.tmp")
+LATENT_DIM = 7  # a stored view's latents (3DIEBench-like datasets); augment2d datasets store none
 
 
 def _canonical(obj) -> dict:
@@ -81,6 +82,7 @@ class PreparedWriter:
                                         jpeg_quality=self.jpeg_quality if codec == "jpeg" else None,
                                         version=VERSION))
         self.splits: dict = {}
+        self.latent_dim = LATENT_DIM  # set by plan()
         self._claim(overwrite)
 
     # -- the output folder: fresh, resumed, replaced beside, or refused -------------------------------------------
@@ -151,13 +153,19 @@ class PreparedWriter:
             outdir.discard_build(self.dir)
 
     def plan(self, *, n_views: int, classes: list[str], splits: dict, split_source: str, source: dict,
-             mean=None, std=None) -> None:
+             mean=None, std=None, action_schema: dict | None = None) -> None:
         """Fix the objects: `splits` maps split name -> (object_ids, labels). mean/std None: computed over
         the train split's pixels while writing. Work left by an interrupted run for other objects is dropped.
-        Refuses fewer than 2 views per object and object ids with a control character (callers that make a
-        dataset for training also call `require_train_and_val`)."""
-        _check_plan(int(n_views), splits)
+        Refuses fewer than 2 views per object (1 for augment2d) and object ids with a control character (callers
+        that make a dataset for training also call `require_train_and_val`).
+
+        `action_schema` (a schema's `to_manifest()`) is written to the manifest; None (3DIEBench-like stored
+        views) writes nothing. A dataset that declares `augment2d` makes its views on the fly: one stored image
+        per object is enough and there are no latents (each object's latents are (V, 0))."""
+        on_the_fly = _augment2d(action_schema)
+        _check_plan(int(n_views), splits, min_views=1 if on_the_fly else 2)
         self.n_views = int(n_views)
+        self.latent_dim = 0 if on_the_fly else LATENT_DIM
         self.splits = {k: (list(ids), np.asarray(lab, np.int64)) for k, (ids, lab) in splits.items()}
         self.chunk_objects = chunk_objects_for(self.n_views, self.resolution)
         self.fixed_norm = None if mean is None else ([float(v) for v in mean], [float(v) for v in std])
@@ -167,6 +175,8 @@ class PreparedWriter:
             "counts": {k: len(v[0]) for k, v in self.splits.items()}, "split": split_source,
             "chunk_objects": self.chunk_objects, "source": dict(source),
         }
+        if action_schema is not None:
+            self.head["action_schema"] = _canonical(action_schema)
         if self.codec == "jpeg":
             self.head["jpeg"] = {"quality": self.jpeg_quality, "subsampling": "4:2:0", "encoder": "Pillow"}
         plan = _canonical(dict(self.head, norm=self.fixed_norm, objects={
@@ -200,10 +210,10 @@ class PreparedWriter:
         return [c for c in self.chunks() if not self.is_done(c)]
 
     def write_chunk(self, c: Chunk, objects: list) -> None:
-        """`objects`: per object of the chunk, in order, (payload, latents (V, 7), hist (3, 256))."""
+        """`objects`: per object of the chunk, in order, (payload, latents (V, 7) or (V, 0), hist (3, 256))."""
         assert len(objects) == c.stop - c.start, "one result per object of the chunk"
         n, v = len(objects), self.n_views
-        latents = np.stack([np.asarray(o[1], np.float32).reshape(v, 7) for o in objects])
+        latents = np.stack([np.asarray(o[1], np.float32).reshape(v, self.latent_dim) for o in objects])
         hist = np.sum([o[2] for o in objects], axis=0).astype(np.int64)
         img_path = self.dir / image_name(c.split, c.index, self.codec)
         img_path.parent.mkdir(exist_ok=True)
@@ -254,7 +264,7 @@ class PreparedWriter:
                     hist += recs[-1]["hist"]
             split_dir = self.dir / split
             split_dir.mkdir(exist_ok=True)
-            empty_lat = np.zeros((0, self.n_views, 7), np.float32)
+            empty_lat = np.zeros((0, self.n_views, self.latent_dim), np.float32)
             tensors = {"labels": labels, "latents": np.concatenate([r["latents"] for r in recs]) if recs else empty_lat}
             if self.codec == "jpeg":
                 for key in ("jpeg_offsets", "jpeg_lengths"):
@@ -283,8 +293,19 @@ class PreparedWriter:
                 "codec": self.codec, "resolution": self.resolution, "n_views": self.n_views}
 
 
-def _check_plan(n_views: int, splits: dict) -> None:
-    if n_views < 2:
+def _augment2d(action_schema: dict | None) -> bool:
+    """True when a plan's action schema is augment2d (validated: an unknown or altered schema is refused)."""
+    if action_schema is None:
+        return False
+    from ctxssl_cli.data.schema import AUGMENT2D, schema_from_manifest
+
+    return schema_from_manifest({"action_schema": action_schema}).name == AUGMENT2D.name
+
+
+def _check_plan(n_views: int, splits: dict, min_views: int = 2) -> None:
+    if n_views < min_views:
+        if min_views == 1:
+            raise CtxsslError(f"the objects have {n_views} images each", "give every object one image")
         raise CtxsslError(f"the objects have {n_views} view each; training pairs need at least 2 views of an object",
                           "use a source with at least 2 views (image_0.jpg, image_1.jpg, ...) per object")
     for name, (ids, _) in splits.items():

@@ -1,6 +1,8 @@
 """`prepare_synthetic`: render the built-in synthetic 3D benchmark (SPEC §3.1) in parallel, resumably.
 
 layout="prepared" writes the prepared format (raw codec; normalisation computed over the train split).
+layout="images" writes the prepared format of an augment2d dataset (SPEC §3.4): one rendered view per object,
+no latents, views made later by the 2D augmentation pipeline (the `demo-2d` preset's data, no download).
 layout="3diebench" writes 3DIEBench's on-disk layout (SYNSET/OBJ_ID/image_i.jpg + latent_i.npy, via
 raw_layout.write_raw_object, atomic per object) so that the real-data path can be tested end to end; a
 hidden marker file `.ctxssl_raw.yaml` records the settings and completion (the packer ignores hidden files).
@@ -27,7 +29,7 @@ from ctxssl_cli.fileio import atomic_write_text
 
 RAW_MARKER = ".ctxssl_raw.yaml"
 _RAW_TEMP = re.compile(r"\.\.ctxssl_raw\.yaml\.tmp-\d+|\.ctxssl_raw\.yaml\.tmp")  # its temp names (now, before)
-LAYOUTS = ("prepared", "3diebench")
+LAYOUTS = ("prepared", "images", "3diebench")
 
 
 def prepare_synthetic(out, *, classes=10, objects_per_class=50, views=50, resolution=64, seed=0,
@@ -45,7 +47,9 @@ def prepare_synthetic(out, *, classes=10, objects_per_class=50, views=50, resolu
     if int(objects_per_class) < 2:
         raise CtxsslError(f"objects_per_class={objects_per_class} must be >= 2 (the val split holds one object "
                           "of each class or more, the train split the rest)", "use e.g. 50")
-    if int(views) < 2:
+    if layout == "images":
+        views = 1  # one plain image per object
+    elif int(views) < 2:
         raise CtxsslError(f"views={views} must be >= 2 (pairs need two distinct views)", "use e.g. 50")
     if int(resolution) < 8:
         raise CtxsslError(f"resolution={resolution} is too small", "use e.g. 64")
@@ -54,8 +58,9 @@ def prepare_synthetic(out, *, classes=10, objects_per_class=50, views=50, resolu
               "views": views, "renderer_version": RENDER_VERSION}
     t0 = time.perf_counter()
     with output_lock(out):
-        if layout == "prepared":
-            summary = _prepare(Path(out), source, resolution, CLASS_NAMES[:classes], workers, overwrite, progress)
+        if layout in ("prepared", "images"):
+            summary = _prepare(Path(out), source, resolution, CLASS_NAMES[:classes], workers, overwrite, progress,
+                               as_images=layout == "images")
         else:
             summary = _raw(Path(out), source, resolution, workers, overwrite, progress)
     seconds = time.perf_counter() - t0
@@ -107,25 +112,31 @@ def _object_ids(source: dict) -> tuple[list[str], np.ndarray]:
     return ids, labels
 
 
-def _prepare(out: Path, source: dict, resolution: int, class_names, workers, overwrite, progress) -> dict:
+def _prepare(out: Path, source: dict, resolution: int, class_names, workers, overwrite, progress,
+             as_images: bool = False) -> dict:
     from ctxssl_cli.data.prepared_writer import PreparedWriter, fill_chunks, require_train_and_val
+    from ctxssl_cli.data.schema import AUGMENT2D
     from ctxssl_cli.data.splits import stratified_split
 
-    writer = PreparedWriter(out, dataset="synthetic", resolution=resolution, codec="raw",
+    if as_images:
+        source = dict(source, layout="images")
+    writer = PreparedWriter(out, dataset="synthetic-images" if as_images else "synthetic", resolution=resolution,
+                            codec="raw",
                             settings={"source": source}, overwrite=overwrite)
     ids, labels = _object_ids(source)
     tr, va = stratified_split(ids, labels, val_fraction=0.2, seed=source["seed"])
     splits = {"train": ([ids[i] for i in tr], labels[tr]), "val": ([ids[i] for i in va], labels[va])}
     require_train_and_val(splits, "use --objects-per-class 2 or more")
     writer.plan(n_views=source["views"], classes=list(class_names), splits=splits,
-                split_source=f"stratified-seed-{source['seed']}", source=source)
+                split_source=f"stratified-seed-{source['seed']}", source=source,
+                action_schema=AUGMENT2D.to_manifest() if as_images else None)
 
     def task(split, i):
         key, label = splits[split][0][i], int(splits[split][1][i])
-        return source["seed"], label, int(key.split("/")[1]), source["views"], resolution
+        return source["seed"], label, int(key.split("/")[1]), source["views"], resolution, as_images
 
     fill_chunks(writer, task, render_task, workers=workers, progress=progress,
-                label=f"rendering synthetic ({resolution} px)")
+                label=f"rendering synthetic{' images' if as_images else ''} ({resolution} px)")
     return writer.finalize()
 
 
@@ -134,10 +145,10 @@ def render_task(task):
     from ctxssl_cli.data.prepared import encode_views
     from ctxssl_cli.data.render import render_object
 
-    seed, class_idx, obj_idx, n_views, resolution = task
+    seed, class_idx, obj_idx, n_views, resolution, as_images = task
     images, latents = render_object(seed, class_idx, obj_idx, n_views, resolution)
     payload, hist = encode_views(images, "raw")
-    return payload, latents, hist
+    return payload, latents[:, :0] if as_images else latents, hist
 
 
 # -- the raw 3DIEBench layout -----------------------------------------------------------------------------------

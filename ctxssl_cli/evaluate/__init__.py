@@ -2,6 +2,7 @@
 
 - metrics.py   R² (sklearn and paper variants), retrieval ranks -> MRR / H@k, weighted-kNN top-1
 - probes.py    fixed evaluation pairs, the R² pair probes, the linear classification probe
+- factors.py   the R² probe of each factor of an action schema, and how reports name factors and modes
 - report.py    report.json / report.md, rich tables
 - plots.py     R² and retrieval against context length (PNG)
 - pipeline.py  the protocol end to end (embeddings once -> every metric -> one report dict)

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ctxssl_cli.errors import CtxsslError
+from ctxssl_cli.evaluate.factors import VIEWS3D_ENTRY, report_schema
 from ctxssl_cli.evaluate.report import PAPER_METHODS, PAPER_RETRIEVAL, _fmt, _jsonable, _md_table
 from ctxssl_cli.fileio import atomic_write_text
 from ctxssl_cli.spec import METHOD_TITLES
@@ -88,6 +89,11 @@ def load_report(path: Path) -> tuple[Path, dict]:
     if not isinstance(report, dict) or not isinstance(report.get("meta"), dict):
         raise CtxsslError(f"{report_path} is not a ctxssl evaluation report (no meta block)",
                           "evaluate the run again with `ctxssl evaluate`")
+    schema = report_schema(report).get("name")
+    if schema != VIEWS3D_ENTRY["name"]:  # the table's columns are 3DIEBench's factors
+        raise CtxsslError(f"{report_path} reports a run on {schema} data; `ctxssl compare` tabulates 3D-view runs "
+                          "(rotation and colour R², beside the paper's 3DIEBench numbers) only",
+                          f"read {report_path.with_name('report.md')} for that run's per-factor results")
     return report_path, report
 
 

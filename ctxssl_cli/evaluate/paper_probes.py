@@ -14,6 +14,11 @@ What the published `eval_equivariance.py` does, setting for setting:
   canonical=False) and the plain differences of the two hues;
 - R² on fixed, seeded val pairs, under both definitions (one global mean, as published; per-dimension means).
 
+Other action schemas (evaluate/factors.py): one probe per factor of the schema, a linear one or the MLP above with
+the factor's width as output; augment2d: crop MLP (-> 4), colour linear (-> 4), blur linear (-> 1), targets the
+relative view parameters (data/actions.py). The probes' initialisations are drawn from one seeded generator in
+factors.py's order (views3d: colour, then rotation, as always).
+
 ctxssl computes the embeddings once (`ctxssl embed`) instead of re-encoding every image in every epoch, and
 trains all probes of a protocol at once: their weights are stacked along a leading "probe" axis and trained
 with batched matrix products, every probe seeing the same batches (as the published loop does). Adam's update
@@ -31,9 +36,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ctxssl_cli.data.rotations import relative_action
-from ctxssl_cli.data.schema import COLOR, ROTATION
+from ctxssl_cli.data.actions import relative_action_for
+from ctxssl_cli.data.schema import VIEWS3D, ActionSchema
 from ctxssl_cli.errors import CtxsslError
+from ctxssl_cli.evaluate.factors import MLP, probes_of
 from ctxssl_cli.evaluate.metrics import R2_KINDS, r2_score
 
 # The published settings; only the number of epochs may be changed (--probe-epochs).
@@ -48,6 +54,7 @@ PAPER_EPOCHS = 300
 @dataclass
 class PaperProbeSettings:
     epochs: int = PAPER_EPOCHS
+    schema: ActionSchema = VIEWS3D  # whose factors are probed, with which targets (evaluate/factors.py)
 
     def __post_init__(self):
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or not 1 <= self.epochs <= 100_000:
@@ -93,10 +100,12 @@ def draw_epoch_pairs(n_objects: int, n_views: int, rng: np.random.Generator) -> 
     return v1, v2
 
 
-def pair_targets(latents: np.ndarray, obj: np.ndarray, v1: np.ndarray, v2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The published targets of pairs: rotation (n, 4) with scipy's sign, hue differences (n, 2), float32."""
-    act = relative_action(latents[obj, v1], latents[obj, v2], canonical=False)
-    return act[:, list(ROTATION)], act[:, list(COLOR)]
+def pair_targets(latents: np.ndarray, obj: np.ndarray, v1: np.ndarray, v2: np.ndarray,
+                 schema: ActionSchema = VIEWS3D) -> tuple[np.ndarray, ...]:
+    """The targets of pairs, one (n, width) float32 array per factor in schema order: views3d the published
+    rotation (n, 4) with scipy's sign and hue differences (n, 2); augment2d the relative crop, colour, blur."""
+    act = relative_action_for(schema, latents[obj, v1], latents[obj, v2], canonical=False)
+    return tuple(act[:, list(schema.indices(f))] for f in schema.factor_names)
 
 
 def _inputs(stack: torch.Tensor, obj, v1, v2) -> torch.Tensor:
@@ -112,13 +121,15 @@ def fit_paper_probes(train: dict[str, torch.Tensor], train_latents: np.ndarray, 
                      val_latents: np.ndarray, val_pairs: tuple[np.ndarray, np.ndarray, np.ndarray],
                      normalise: dict[str, bool], settings: PaperProbeSettings = PaperProbeSettings(),
                      device="cpu", on_epoch=None) -> dict:
-    """Train the published colour and rotation probes of every embedding in `train` and score them on val.
+    """Train the published probes of every factor of `settings.schema` (views3d: colour and rotation) for every
+    embedding in `train` and score them on val.
 
     train[name] (N, V, F) and val[name] (M, W, F) embeddings of the same F for every name (h and the z of
     each mode and length); `normalise[name]`: L2-normalise before probing (z: True, h: False; the published
-    code normalises only the transformer outputs). train_latents (N, V, 7), val_latents (M, W, 7); val_pairs
-    (obj, v1, v2) fixed. Returns {name: {"rotation": {r2 kind: R²}, "color": {...}}} plus, under "_meta",
-    epochs, steps, drop_last and seconds. `on_epoch(epoch)` is called after every epoch (progress)."""
+    code normalises only the transformer outputs). train_latents (N, V, L), val_latents (M, W, L) (views3d: the
+    7 stored values, augment2d: the 9 view parameters); val_pairs (obj, v1, v2) fixed. Returns {name: {factor:
+    {r2 kind: R²}}} (factors in schema order) plus, under "_meta", epochs, steps, drop_last and seconds.
+    `on_epoch(epoch)` is called after every epoch (progress)."""
     t0 = time.perf_counter()
     names = list(train)
     if not names:
@@ -131,11 +142,16 @@ def fit_paper_probes(train: dict[str, torch.Tensor], train_latents: np.ndarray, 
     if V < 2:
         raise CtxsslError(f"the train embeddings hold {V} view per object; the probes need pairs",
                           "embed at least 2 train views per object")
+    schema = settings.schema
+    factors = schema.factor_names
+    width = dict(schema.factors)
     g = torch.Generator().manual_seed(PAPER_SEED)
-    color = StackedMLP(P, [2 * F, 2], g).to(dev)
-    rotation = StackedMLP(P, [2 * F, PAPER_HIDDEN, PAPER_HIDDEN, 4], g).to(dev)
+    probes = {}  # factor -> StackedMLP, created (and so initialised) in factors.py's order
+    for f, kind in probes_of(schema):
+        hidden = [PAPER_HIDDEN, PAPER_HIDDEN] if kind == MLP else []
+        probes[f] = StackedMLP(P, [2 * F, *hidden, width[f]], g).to(dev)
     opts = [torch.optim.Adam(m.parameters(), lr=PAPER_LR, betas=PAPER_BETAS, weight_decay=0.0)
-            for m in (color, rotation)]
+            for m in probes.values()]
     rng = np.random.default_rng([PAPER_SEED, 0xE7A1])
     # the published loader drops the last partial batch; with fewer objects than one batch that would leave
     # nothing, so then the one (partial) batch is kept
@@ -147,11 +163,11 @@ def fit_paper_probes(train: dict[str, torch.Tensor], train_latents: np.ndarray, 
         order = rng.permutation(N)
         for b in range(n_batches):
             obj = order[b * PAPER_BATCH:(b + 1) * PAPER_BATCH]
-            rot_t, col_t = (torch.as_tensor(a).to(dev) for a in pair_targets(train_latents, obj, v1[obj], v2[obj]))
+            targets = pair_targets(train_latents, obj, v1[obj], v2[obj], schema)
+            target = {f: torch.as_tensor(t).to(dev) for f, t in zip(factors, targets)}
             x = _inputs(tr, obj, v1[obj], v2[obj])  # (P, B, 2F)
-            # per probe the mean over its batch and outputs, as nn.MSELoss; summed over probes
-            loss = ((color(x) - col_t).square().mean(dim=(1, 2)).sum()
-                    + (rotation(x) - rot_t).square().mean(dim=(1, 2)).sum())
+            # per probe the mean over its batch and outputs, as nn.MSELoss; summed over probes (creation order)
+            loss = sum((m(x) - target[f]).square().mean(dim=(1, 2)).sum() for f, m in probes.items())
             for opt in opts:
                 opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -161,18 +177,17 @@ def fit_paper_probes(train: dict[str, torch.Tensor], train_latents: np.ndarray, 
         if on_epoch is not None:
             on_epoch(epoch + 1)
     obj, w1, w2 = val_pairs
-    rot_v, col_v = pair_targets(val_latents, obj, w1, w2)
+    truth = dict(zip(factors, pair_targets(val_latents, obj, w1, w2, schema)))
     out: dict = {}
     with torch.no_grad():
-        pred_rot, pred_col = [], []
+        preds = {f: [] for f in probes}
         for s in range(0, len(obj), 8192):  # bounded memory
             x = _inputs(va, obj[s:s + 8192], w1[s:s + 8192], w2[s:s + 8192])
-            pred_rot.append(rotation(x).cpu())
-            pred_col.append(color(x).cpu())
-        pred_rot, pred_col = torch.cat(pred_rot, dim=1).numpy(), torch.cat(pred_col, dim=1).numpy()
+            for f, m in probes.items():
+                preds[f].append(m(x).cpu())
+        pred = {f: torch.cat(p, dim=1).numpy() for f, p in preds.items()}  # (P, n, width)
     for i, name in enumerate(names):
-        out[name] = {"rotation": {k: r2_score(rot_v, pred_rot[i], k) for k in R2_KINDS},
-                     "color": {k: r2_score(col_v, pred_col[i], k) for k in R2_KINDS}}
+        out[name] = {f: {k: r2_score(truth[f], pred[f][i], k) for k in R2_KINDS} for f in factors}
     out["_meta"] = {"epochs": settings.epochs, "steps": steps, "drop_last": drop_last,
                     "train_objects": int(N), "train_views": int(V), "seconds": time.perf_counter() - t0}
     return out

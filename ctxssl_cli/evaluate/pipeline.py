@@ -3,6 +3,9 @@ hashes) -> R² pair probes, retrieval MRR/H@k, linear and kNN top-1 -> one repor
 
 Every probe trains on cached embeddings; nothing re-encodes an image after the single encoder pass per
 split. Evaluation pairs and probe initialisations are fixed by seeds; no sample is ever dropped.
+
+The factors probed, the context modes and the per-view factor features follow the run's action schema
+(views3d: rotation, color; augment2d: crop, color, blur, on the fixed augmented views of data/virtual_views.py).
 """
 
 from __future__ import annotations
@@ -16,22 +19,20 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ctxssl_cli.data.rotations import euler_xyz_to_matrix, relative_action
-from ctxssl_cli.data.schema import COLOR, ROTATION
-from ctxssl_cli.embed import (MODES, Context, ProgressFactory, cache_key, check_batch_size, check_context_covers,
-                              check_float, check_int, check_lengths, check_modes, context_from_description,
-                              default_context, default_lengths, describe_context, embed_split, embeddings_metadata,
-                              load_embeddings, save_embeddings, track)
+from ctxssl_cli.data.actions import absolute_factors_for
+from ctxssl_cli.data.schema import VIEWS3D, ActionSchema
+from ctxssl_cli.embed import (Context, ProgressFactory, cache_key, check_batch_size, check_context_covers,
+                              check_float, check_int, check_lengths, check_mode_names, check_modes,
+                              context_from_description, default_context, default_lengths, describe_context,
+                              embed_split, embeddings_metadata, load_embeddings, save_embeddings, track, virtual_views)
 from ctxssl_cli.errors import CtxsslError
+from ctxssl_cli.evaluate.factors import probe_description
 from ctxssl_cli.evaluate.metrics import knn_top1, mrr_hits, retrieval_ranks, variance_share
+from ctxssl_cli.evaluate.retrieval_figure import plot_retrieval, retrieval_examples
 from ctxssl_cli.evaluate.paper_probes import PaperProbeSettings, fit_paper_probes
 from ctxssl_cli.evaluate.probes import ProbeSettings, eval_pairs, linear_probe_top1
 from ctxssl_cli.runs import LoadedRun
 
-# Columns of a view's latent row (see data/schema.py's docstring): rotation x, y, z (Euler), floor hue, light
-# theta, light phi, light hue. Local until schema.py names them.
-LATENT_ROTATION = slice(0, 3)
-LATENT_HUES = [3, 6]  # floor hue, light hue
 R2_KINDS = ("sklearn", "paper")
 
 
@@ -40,7 +41,7 @@ class EvalSettings:
     """The protocol's settings; checked on construction (before any run is loaded)."""
 
     lengths: list[int] | None = None  # None: DEFAULT_LENGTHS below the run's block size
-    modes: list[str] = field(default_factory=lambda: list(MODES))
+    modes: list[str] | None = None  # None: every mode of the run's schema (views3d: rotation, color, none)
     # The R² probe protocol: "paper" (the published probes, SPEC §4 "Paper probes"; the only one: the fast
     # closed-form protocol of ctxssl <= 0.2 disagreed with it by up to 0.8 R² on the demo and was removed).
     probes: str = "paper"
@@ -72,7 +73,7 @@ class EvalSettings:
             self.train_views_per_object = check_int("train views per object", self.train_views_per_object, 2)
         if self.lengths:
             self.lengths = check_lengths(list(self.lengths))
-        self.modes = check_modes(self.modes)
+        self.modes = check_mode_names(self.modes)  # against the run's schema in for_schema
         self.pairs_per_object = check_int("pairs per object", self.pairs_per_object, 1)
         self.knn_k = check_int("kNN k", self.knn_k, 1)
         self.knn_t = check_float("kNN temperature", self.knn_t, positive=True)
@@ -81,6 +82,10 @@ class EvalSettings:
     def for_block_size(self, block_size: int) -> "EvalSettings":
         """These settings with the lengths checked against (or defaulted for) a model's block size."""
         return replace(self, lengths=check_lengths(self.lengths or default_lengths(block_size), block_size))
+
+    def for_schema(self, schema: ActionSchema) -> "EvalSettings":
+        """These settings with the modes checked against (or defaulted for) a run's action schema."""
+        return replace(self, modes=check_modes(self.modes, schema))
 
 
 def _embeddings(run: LoadedRun, split: str, s: EvalSettings, context: Context, given: dict, cache_dir: Path,
@@ -138,6 +143,9 @@ def check_given(run: LoadedRun, files: list[Path]) -> dict:
         if split in given:
             raise CtxsslError(f"two --embeddings files are of split {split} ({given[split][2]} and {f})",
                               "pass at most one file per split")
+        if meta.get("virtual_views") != virtual_views(run, split):
+            raise CtxsslError(f"{f} was embedded on other evaluation views of split {split} than this ctxssl draws",
+                              "embed again with this ctxssl, or omit --embeddings")
         given[split] = (tensors, meta, f)
     contexts = {split: file_context(meta) for split, (_, meta, _) in given.items()}
     if len(given) == 2 and _context_key(contexts["train"]) != _context_key(contexts["val"]):
@@ -161,13 +169,11 @@ def given_context(run: LoadedRun, given: dict) -> Context:
     return default_context(run)
 
 
-def factor_features(latents: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-view features of each latent factor, continuous and wrap-free, for `variance_share`: rotation ->
-    its 3x3 matrix (9), color -> cos and sin of 2 pi x (floor hue, light hue) (4). latents (..., 7) -> (M, K)."""
-    lat = latents.reshape(-1, latents.shape[-1]).astype(np.float64)
-    ang = 2 * np.pi * lat[:, LATENT_HUES]
-    return {"rotation": euler_xyz_to_matrix(lat[:, LATENT_ROTATION]).reshape(-1, 9),
-            "color": np.c_[np.cos(ang), np.sin(ang)]}
+def factor_features(latents: np.ndarray, schema: ActionSchema = VIEWS3D) -> dict[str, np.ndarray]:
+    """Per-view features of each factor, continuous and wrap-free, for `variance_share` (data/actions.py
+    absolute_factors_for): views3d rotation -> its 3x3 matrix (9), color -> cos and sin of 2 pi x (floor hue,
+    light hue) (4); augment2d: each factor's columns of the view's absolute target. latents (..., L) -> (M, K)."""
+    return absolute_factors_for(schema, latents)
 
 
 def identical_embeddings(tr: dict, va: dict, keys: dict[str, str]) -> dict[str, str]:
@@ -202,7 +208,9 @@ def evaluate_run(run: LoadedRun, s: EvalSettings, given_files: list[Path], cache
     per stage (embedding each split, then the probes); see embed.ProgressFactory."""
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
-    s = s.for_block_size(run.spec.model.block_size)
+    schema = getattr(run, "schema", VIEWS3D)  # a LoadedRun has one; a stand-in without one (tests) is views3d
+    factors = schema.factor_names
+    s = s.for_block_size(run.spec.model.block_size).for_schema(schema)
     given = check_given(run, given_files)
     context = given_context(run, given)
     check_context_covers(context, s.lengths)
@@ -226,17 +234,16 @@ def evaluate_run(run: LoadedRun, s: EvalSettings, given_files: list[Path], cache
         fitted = fit_paper_probes({name: tr[key] for name, key in probed.items()}, tr["latents"].numpy(),
                                   {name: va[key] for name, key in probed.items()}, va["latents"].numpy(), va_pairs,
                                   {name: key != "h" for name, key in probed.items()},
-                                  PaperProbeSettings(s.probe_epochs), device=str(run.device),
+                                  PaperProbeSettings(s.probe_epochs, schema=schema), device=str(run.device),
                                   on_epoch=lambda e: bar.advance(1, f"epoch {e}"))
         probe_meta = fitted.pop("_meta") | {"shared_probes": same_as}
         fitted |= {name: fitted[first] for name, first in same_as.items()}
         fitted = {name: fitted[name] for name in keys}  # report order
         for name, cells in fitted.items():
             for kind in R2_KINDS:
-                _put(report["r2_definitions"][kind], name, {f: cells[f][kind] for f in ("rotation", "color")})
-            _put(report["r2"], name, {f: cells[f][s.r2_kind] for f in ("rotation", "color")})
-            log(f"R² {name}: rotation {cells['rotation'][s.r2_kind]:.3f}  color {cells['color'][s.r2_kind]:.3f}"
-                f"  ({s.r2_kind} R²)")
+                _put(report["r2_definitions"][kind], name, {f: cells[f][kind] for f in factors})
+            _put(report["r2"], name, {f: cells[f][s.r2_kind] for f in factors})
+            log(f"R² {name}: " + "  ".join(f"{f} {cells[f][s.r2_kind]:.3f}" for f in factors) + f"  ({s.r2_kind} R²)")
         timings["r2_probes_s"] = time.perf_counter() - t0
     if not probe_meta["drop_last"]:
         log(f"the train split holds {n_tr} objects, fewer than one probe batch of 256: "
@@ -245,12 +252,11 @@ def evaluate_run(run: LoadedRun, s: EvalSettings, given_files: list[Path], cache
     n_stages = len(keys) + len(s.modes) * len(s.lengths) + len(cls_keys)
     with track(progress, "retrieval and top-1", n_stages) as bar:
         # ---- variance share: how much of each embedding the factor occupies (fit on train, report on val)
-        f_tr, f_va = factor_features(tr["latents"].numpy()), factor_features(va["latents"].numpy())
+        f_tr, f_va = factor_features(tr["latents"].numpy(), schema), factor_features(va["latents"].numpy(), schema)
         for name, key in keys.items():
             e_tr = tr[key].reshape(n_tr * v_tr, -1).numpy()
             e_va = va[key].reshape(n_va * v_va, -1).numpy()
-            _put(report["share"], name,
-                 {f: variance_share(e_tr, f_tr[f], e_va, f_va[f]) for f in ("rotation", "color")})
+            _put(report["share"], name, {f: variance_share(e_tr, f_tr[f], e_va, f_va[f]) for f in factors})
 
         # ---- retrieval on val: query = view 0 with the action 0 -> j; gallery = the object's views ---------
         t0 = time.perf_counter()
@@ -283,17 +289,21 @@ def evaluate_run(run: LoadedRun, s: EvalSettings, given_files: list[Path], cache
         timings["classification_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
 
+    views = virtual_views(run, "val")
     report["meta"] = {
+        "schema": schema.to_manifest(),
         "checkpoint": {"path": str(run.checkpoint), "sha256": run.checkpoint_sha256, "step": run.step,
                        "name": run.spec.name},
         "data": {"path": str(run.data.root), "manifest_sha256": run.data.manifest_sha256,
                  "train_objects": int(n_tr), "val_objects": int(n_va), "train_views_embedded": int(v_tr),
-                 "val_views": int(v_va)},
+                 "val_views": int(v_va), **({"virtual_views": json.loads(views)} if views else {})},
         "settings": {**{k: v for k, v in asdict(s).items() if k != "probe"}, "classification_probe": asdict(s.probe),
                      "r2": s.r2_kind, "r2_probe": {**probe_meta, "protocol": "paper (published eval_equivariance.py)",
                                                     "lr": 1e-3, "batch_size": 256, "hidden": 1024, "seed": 42,
                                                     "z_normalised": True, "h_raw": True,
-                                                    "quaternion_sign": "scipy (not canonicalised)"},
+                                                    "factor_probes": probe_description(schema),
+                                                    **({"quaternion_sign": "scipy (not canonicalised)"}
+                                                       if schema == VIEWS3D else {})},
                      "context": context.source, "context_pairs": int(len(context.obj)),
                      "context_sha256": context.sha256,
                      "r2_definition": ("sklearn r2_score, multioutput='variance_weighted' (per-dimension target means)"
@@ -306,6 +316,9 @@ def evaluate_run(run: LoadedRun, s: EvalSettings, given_files: list[Path], cache
                     "sha256": context.sha256, "split": context.split, "pairs": int(len(context.obj))},
         "timings": timings,
     }
+    shown = [f for f in factors if f in s.modes]  # the figure compares the factors' context modes
+    if len(shown) >= 2 and all(f"q.{f}.{max(s.lengths)}" in va for f in shown):
+        report["meta"]["retrieval_examples"] = retrieval_examples(va, shown, max(s.lengths))
     return report
 
 
@@ -313,7 +326,7 @@ def evaluate_run(run: LoadedRun, s: EvalSettings, given_files: list[Path], cache
 class EvalResult:
     report: dict
     out_dir: Path
-    files: list[Path]  # report.json, report.md and the two plots
+    files: list[Path]  # report.json, report.md and the two plots (report.REPORT_FILES), then retrieval*.png
 
 
 def evaluate_checkpoint(checkpoint: Path, data: Path | None, device: str, settings: EvalSettings,
@@ -335,7 +348,7 @@ def evaluate_checkpoint(checkpoint: Path, data: Path | None, device: str, settin
     if not run.spec.is_contextssl:  # a baseline (SPEC §7): scored on its encoder features, evaluate/baseline.py
         from ctxssl_cli.evaluate.baseline import evaluate_baseline_checkpoint
         return evaluate_baseline_checkpoint(run, settings, list(embeddings or []), out_dir, progress, log)
-    settings = settings.for_block_size(run.spec.model.block_size)
+    settings = settings.for_block_size(run.spec.model.block_size).for_schema(run.schema)
     target = Path(out_dir) if out_dir is not None else run.checkpoint.parent / "eval"
     try:
         target.mkdir(parents=True, exist_ok=True)
@@ -344,4 +357,8 @@ def evaluate_checkpoint(checkpoint: Path, data: Path | None, device: str, settin
     log(f"checkpoint: {run.checkpoint} (step {run.step})  data: {run.data.root}  lengths: {settings.lengths}")
     report = evaluate_run(run, settings, list(embeddings or []), run.checkpoint.parent / "embeddings",
                           progress=progress)
-    return EvalResult(report, target, write_report(report, target))
+    files = write_report(report, target)
+    examples = report["meta"].get("retrieval_examples")
+    if examples:  # the paper's Figure 1 from the retrieval queries above (no encoder pass; images read back)
+        files += plot_retrieval(examples, run.split("val"), target)
+    return EvalResult(report, target, files)

@@ -1,17 +1,23 @@
 """The evaluation report: report.json, report.md, rich tables on the console, and the two PNG plots.
 
-A report is a dict (SPEC §4 "Report"; floats, context lengths as strings, <mode> in rotation/color/none):
+A report is a dict (SPEC §4 "Report"; floats, context lengths as strings). Its factors and modes are those of
+the action schema named in meta.schema (ActionSchema.to_manifest(); none named: views3d): <factor> in rotation/color
+and <mode> in rotation/color/none for views3d, <factor> in crop/color/blur and <mode> in crop/color/blur/none for
+augment2d (evaluate/factors.py):
 
-    {"r2":   {"features": {"rotation": f, "color": f}, "<mode>": {"<c>": {"rotation": f, "color": f}}},
+    {"r2":   {"features": {"<factor>": f, ...}, "<mode>": {"<c>": {"<factor>": f, ...}}},
      "r2_definitions": {"paper": <as r2>, "sklearn": <as r2>},   (r2 is the one meta.settings.r2 names)
-     "share": {"features": {"rotation": f, "color": f}, "<mode>": {"<c>": {"rotation": f, "color": f}}},
+     "share": {"features": {"<factor>": f, ...}, "<mode>": {"<c>": {"<factor>": f, ...}}},
      "mrr":  {"<mode>": {"<c>": {"mrr": f, "h@1": f, "h@2": f, "h@5": f, "h@10": f}}},
              (a baseline run, evaluate/baseline.py: "features" entries only, and "mrr": {"predictor": {...}} for
               EquiMod, SEN and SIE; meta.method names the method)
      "top1": {"features": f, "<mode>": {"<c>": f}},
      "knn":  {"features": f, "<mode>": {"<c>": f}},
-     "meta": {"checkpoint": ..., "data": ..., "context": {"label": "...", "kind": "default" or "file", ...},
-              "settings": ..., "timings": ...}}
+     "meta": {"schema": {"name": ..., "factors": [{"name": ..., "size": ...}, ...]}, "checkpoint": ..., "data": ...,
+              "context": {"label": "...", "kind": "default" or "file", ...}, "settings": ..., "timings": ...}}
+
+Files: report.json, report.md, r2_vs_context.png (one panel per factor) and mrr_vs_context.png, whatever the schema.
+The paper's 3DIEBench anchors close report.md of views3d reports only.
 
 Any section, mode or length may be missing: every writer here shows what is there and marks the rest "—".
 """
@@ -24,7 +30,8 @@ import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
-from ctxssl_cli.evaluate.plots import (LEAF_ROWS, plot_mrr_vs_context, plot_r2_vs_context, section_modes,
+from ctxssl_cli.evaluate.factors import VIEWS3D_ENTRY, factor_kind, report_factors, report_modes, report_schema
+from ctxssl_cli.evaluate.plots import (LEAF_ROWS, MODES, plot_mrr_vs_context, plot_r2_vs_context, section_modes,
                                        sorted_lengths)
 from ctxssl_cli.fileio import atomic_write_text
 
@@ -63,25 +70,28 @@ def _fmt(v) -> str:
     return f"{float(v):.3f}"
 
 
-def _rows(section: dict, cell) -> list[list[str]]:
-    """One row per entry: "features" (and a baseline's "predictor") first, then mode@c in mode order and numeric
-    length order."""
+def _rows(section: dict, cell, order=MODES) -> list[list[str]]:
+    """One row per entry: "features" (and a baseline's "predictor") first, then mode@c in mode order (`order`:
+    the report's schema's modes) and numeric length order."""
     rows = [[leaf, *cell(section[leaf])] for leaf in LEAF_ROWS if leaf in section]
-    for mode in section_modes(section):
+    for mode in section_modes(section, order):
         for c in sorted_lengths(section[mode]):
             rows.append([f"{mode}@{c}", *cell(section[mode][c])])
     return rows
 
 
-def _factor_cells(entry) -> list[str]:
-    """The rotation and color cells of an R² or variance-share entry."""
-    return [_fmt((entry or {}).get("rotation")), _fmt((entry or {}).get("color"))]
+def _factor_cells(entry, factors=("rotation", "color")) -> list[str]:
+    """The cells of an R² or variance-share entry, one per factor (views3d: rotation, color)."""
+    return [_fmt((entry or {}).get(f)) for f in factors]
 
 
 def result_tables(report: dict) -> list[Table]:
     """The results as tables, one per section present (shared by the Markdown and the console output)."""
     tables = []
     settings = (report.get("meta") or {}).get("settings") or {}
+    factors, order = report_factors(report), report_modes(report)
+    cells = lambda e: _factor_cells(e, factors)  # noqa: E731
+    r2_columns = [f"{f} R²" + (f" ({kind})" if (kind := factor_kind(report, f)) else "") for f in factors]
     if report.get("r2"):
         r2_kind = settings.get("r2", settings.get("r2_kind", "sklearn"))
         protocol = settings.get("probes", "fast (ctxssl <= 0.2)")
@@ -89,23 +99,23 @@ def result_tables(report: dict) -> list[Table]:
         for kind in [r2_kind] + sorted(k for k in by_definition if k != r2_kind):
             what = R2_NAMES.get(kind, kind)
             tables.append(Table(f"Equivariance: R² of a probe on concat(e(x), e(y)), val pairs ({protocol} probes, "
-                                f"{kind} R²: {what})", ["embedding", "rotation R² (MLP)", "color R² (linear)"],
-                                _rows(by_definition[kind], _factor_cells)))
+                                f"{kind} R²: {what})", ["embedding", *r2_columns],
+                                _rows(by_definition[kind], cells, order)))
     if report.get("share"):
         tables.append(Table("Variance share: fraction of the embedding's variance explained linearly by the factor "
-                            "(val; fit on train)", ["embedding", "rotation", "color"],
-                            _rows(report["share"], _factor_cells)))
+                            "(val; fit on train)", ["embedding", *factors],
+                            _rows(report["share"], cells, order)))
     if report.get("mrr"):
         tables.append(Table("Retrieval on val: MRR and H@k",
                             ["context", "MRR", "H@1", "H@2", "H@5", "H@10"],
-                            _rows(report["mrr"], lambda e: [_fmt((e or {}).get(k)) for k in MRR_COLUMNS])))
+                            _rows(report["mrr"], lambda e: [_fmt((e or {}).get(k)) for k in MRR_COLUMNS], order)))
     if report.get("top1"):
         tables.append(Table("Invariance: linear-probe top-1 on val (fraction)", ["embedding", "top-1"],
-                            _rows(report["top1"], lambda v: [_fmt(v)])))
+                            _rows(report["top1"], lambda v: [_fmt(v)], order)))
     if report.get("knn"):
         k, t = settings.get("knn_k", 200), settings.get("knn_t", 0.1)
         tables.append(Table(f"Invariance: weighted kNN top-1 on val (k={k}, t={t}; fraction)",
-                            ["embedding", "top-1"], _rows(report["knn"], lambda v: [_fmt(v)])))
+                            ["embedding", "top-1"], _rows(report["knn"], lambda v: [_fmt(v)], order)))
     return tables
 
 
@@ -154,6 +164,10 @@ def build_markdown(report: dict) -> str:
     meta = report.get("meta") or {}
     parts = ["# ctxssl evaluation report"]
     info = [_describe(k, meta[k]) for k in ("method", "checkpoint", "data") if meta.get(k) is not None]
+    schema = report_schema(report)
+    if schema.get("name") != VIEWS3D_ENTRY["name"]:  # views3d reports read as they always did
+        info.append(f"- **action schema**: {schema.get('name')} ("
+                    + ", ".join(f"{f['name']} {f.get('size', '?')}" for f in schema["factors"]) + ")")
     if context_label(report):
         info.append(f"- **context**: {context_label(report)}")
     r2_def = (meta.get("settings") or {}).get("r2_definition")
@@ -172,7 +186,8 @@ def build_markdown(report: dict) -> str:
         parts.append("## Timings\n\n" + _md_table(["step", "seconds"], rows))
     if meta.get("settings"):
         parts.append("## Settings\n\n```json\n" + json.dumps(_jsonable(meta["settings"]), indent=2) + "\n```")
-    parts.append(_paper_markdown())
+    if report_schema(report).get("name") == VIEWS3D_ENTRY["name"]:  # 3DIEBench anchors mean nothing for 2D data
+        parts.append(_paper_markdown())
     return "\n\n".join(parts) + "\n"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from ctxssl_cli.data.schema import VIEWS3D, ActionSchema
 from ctxssl_cli.model.ctxssl import ContextSSL
 from ctxssl_cli.spec import RunSpec
 
@@ -18,13 +19,19 @@ def aux_layout(spec: RunSpec) -> tuple[int, int]:
     return (4 if spec.train.aux_rotation == "quaternion" else 9), (2 if spec.train.aux_hue == "linear" else 4)
 
 
-def build_model(spec: RunSpec, action_dim: int) -> nn.Module:
-    """The model of `spec.method` with freshly initialised weights (from torch's global generator)."""
+def aux_dim(spec: RunSpec, schema: ActionSchema = VIEWS3D) -> int:
+    """Width of the auxiliary predictor's output: views3d's target encoding (aux_layout); else the schema's."""
+    return sum(aux_layout(spec)) if schema == VIEWS3D else schema.dim
+
+
+def build_model(spec: RunSpec, action_dim: int, schema: ActionSchema = VIEWS3D) -> nn.Module:
+    """The model of `spec.method` with freshly initialised weights (from torch's global generator), for data of
+    `schema` (the token's action width is `action_dim`, the schema's dim)."""
     if not spec.is_contextssl:
         from ctxssl_cli.methods import METHODS
 
         return METHODS[spec.method].build(spec, action_dim)
     m = spec.model
     return ContextSSL(encoder=m.encoder, action_dim=action_dim, n_layer=m.n_layer, n_head=m.n_head,
-                      n_embd=m.n_embd, dropout=m.dropout, aux_hidden=m.aux_hidden, aux_dim=sum(aux_layout(spec)),
+                      n_embd=m.n_embd, dropout=m.dropout, aux_hidden=m.aux_hidden, aux_dim=aux_dim(spec, schema),
                       aux_norm=m.aux_norm)

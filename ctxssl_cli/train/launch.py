@@ -47,33 +47,41 @@ def default_run_dir(spec: RunSpec, resume: bool) -> Path:
     return paths.runs_dir() / f"{check_run_name(spec.name)}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def resolve_data(path: str, is_main: bool, progress: bool = True) -> Path:
-    """The folder of the prepared dataset named by the spec; the default synthetic benchmark is rendered on
+# The built-in datasets (data.builtin): where they live and how `prepare_synthetic` renders them on first use.
+BUILTIN_SYNTHETIC_IMAGES = {"layout": "images", "classes": 10, "objects_per_class": 200, "resolution": 64}
+
+
+def resolve_data(path: str, is_main: bool, progress: bool = True, builtin: str = "synthetic") -> Path:
+    """The folder of the prepared dataset named by the spec; the built-in dataset (data.builtin) is rendered on
     first use (by rank 0; the caller opens the folder after a barrier)."""
     from ctxssl_cli.data.prepared import is_prepared
     from ctxssl_cli.data.synthetic import check_renderer, synthetic_manifest
 
     if path:
+        if path == "$CTXSSL_HOME" or path.startswith("$CTXSSL_HOME/"):  # presets name datasets under the home
+            path = str(paths.home()) + path[len("$CTXSSL_HOME"):]
         p = Path(path).expanduser()
         if not p.exists():
             raise CtxsslError(f"dataset folder {p} does not exist",
                               "prepare one with `ctxssl prepare synthetic --out DIR` or `ctxssl prepare 3diebench`")
         return p
-    p = paths.default_synthetic_dir()
+    images = builtin == "synthetic-images"
+    p = paths.default_synthetic_images_dir() if images else paths.default_synthetic_dir()
     check_renderer(p, synthetic_manifest(p))
     if not is_prepared(p) and is_main:
         import sys
 
         from ctxssl_cli.data.synthetic import prepare_synthetic
 
-        print(f"The built-in synthetic benchmark is not rendered yet: rendering it once into {p} (a few minutes on "
-              "2 cores; `ctxssl prepare synthetic` does the same)", file=sys.stderr, flush=True)
-        prepare_synthetic(p, progress=progress)
+        how = "`ctxssl prepare synthetic --layout images --objects-per-class 200`" if images else "`ctxssl prepare synthetic`"
+        print(f"The built-in {builtin} dataset is not rendered yet: rendering it once into {p} (a few minutes on "
+              f"2 cores; {how} does the same)", file=sys.stderr, flush=True)
+        prepare_synthetic(p, progress=progress, **(BUILTIN_SYNTHETIC_IMAGES if images else {}))
     return p
 
 
 def run_pretraining(spec: RunSpec, *, out_dir: Path | None = None, resume: bool = False, overwrite: bool = False,
-                    device: str = "auto", compile_model: bool = False, progress: bool = True,
+                    device: str = "auto", compile_model: bool = False, progress: bool = True, tensorboard: bool = False,
                     on_start=None) -> PretrainResult:
     """Train `spec` (a finished spec: preset + overrides) into `out_dir` (default: runs/<name>-<time>, or with
     `resume` the latest run). `on_start(run_dir, data_dir, device, world)` is called on rank 0 before training."""
@@ -87,7 +95,7 @@ def run_pretraining(spec: RunSpec, *, out_dir: Path | None = None, resume: bool 
     try:
         if info.is_main and overwrite:
             claim_run_dir(run_dir, resume, overwrite=True)
-        data_path = resolve_data(spec.data.path, info.is_main, progress)
+        data_path = resolve_data(spec.data.path, info.is_main, progress, spec.data.builtin)
         dist.barrier(info)  # other ranks wait for rank 0 to render the default benchmark
         from ctxssl_cli.data.prepared import PreparedDataset
 
@@ -95,7 +103,7 @@ def run_pretraining(spec: RunSpec, *, out_dir: Path | None = None, resume: bool 
         spec.data.path = str(dataset.root.resolve())
         if info.is_main and on_start is not None:
             on_start(run_dir, dataset.root, info.device, info.world_size)
-        summary = pretrain(spec, dataset, run_dir, info, resume=resume, compile_model=compile_model,
+        summary = pretrain(spec, dataset, run_dir, info, resume=resume, compile_model=compile_model, tensorboard=tensorboard,
                            progress=progress)
     finally:
         dist.cleanup(info)

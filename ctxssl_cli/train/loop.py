@@ -7,6 +7,7 @@ environment and its context mask. Together with the model/optimiser state in the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shlex
@@ -29,8 +30,11 @@ from ctxssl_cli.data.pairs import PairBatchDataset, PairSampler
 from ctxssl_cli.data.prepared import PreparedDataset
 from ctxssl_cli.errors import CtxsslError, NonFiniteLossError
 from ctxssl_cli.fileio import atomic_write_text
+from ctxssl_cli.curves import CURVES_NAME, write_curves
 from ctxssl_cli.progress import Progress
-from ctxssl_cli.data.schema import ACTION_DIM
+from ctxssl_cli.train.threads import ThreadGovernor
+from ctxssl_cli.data.augment2d import AugmentPairSampler
+from ctxssl_cli.data.schema import VIEWS3D, ActionSchema, check_same_schema, schema_from_manifest, schema_of_run
 from ctxssl_cli.model.build import build_model
 from ctxssl_cli.spec import OPTIMISATION_KEYS, RunSpec, spec_from_yaml_text, stored_meta, to_yaml
 from ctxssl_cli.train import dist as D
@@ -40,12 +44,13 @@ from ctxssl_cli.train.step import compute_loss, compute_method_loss, sample_env,
 SPEC_NAME = "spec.yaml"
 METRICS_NAME = "metrics.jsonl"
 LOG_NAME = "train.log"
+TENSORBOARD_DIR = "tensorboard"  # --log tensorboard: event files of the metrics, for `tensorboard --logdir`
 # Keys that may differ between the stored spec and the command line on --resume (they change how long or how
 # the run is observed, not what one step computes).
 RESUMABLE_CHANGES = {"train.epochs", "train.max_steps", "train.checkpoint_every", "train.log_every",
-                     "data.workers", "data.path"}
+                     "train.threads", "data.workers", "data.path"}
 # What a run folder may hold: the files the trainer writes and the folders embed/evaluate add to it.
-RUN_ENTRIES = {SPEC_NAME, CHECKPOINT_NAME, METRICS_NAME, LOG_NAME, "embeddings", "eval"}
+RUN_ENTRIES = {SPEC_NAME, CHECKPOINT_NAME, METRICS_NAME, LOG_NAME, CURVES_NAME, TENSORBOARD_DIR, "embeddings", "eval"}
 
 
 def resume_command(run_dir: Path, extra: list[str] | None = None, device: str = "auto") -> str:
@@ -72,12 +77,14 @@ def git_sha() -> str:
 
 def run_meta(spec: RunSpec, data: PreparedDataset, resolution: int, device: torch.device, world: int,
              changes: list | None = None) -> dict:
+    schema = schema_from_manifest(data.manifest)
     return {
         "data_path": str(data.root.resolve()),
         "data_manifest_sha256": data.manifest_sha256,
         "resolution": resolution,
         "n_classes": len(data.classes),
-        "action_dim": ACTION_DIM,
+        "action_dim": schema.dim,
+        "action_schema": schema.to_manifest(),
         "mean": [float(v) for v in data.mean],
         "std": [float(v) for v in data.std],
         "git_sha": git_sha(),
@@ -105,15 +112,34 @@ def diff_specs(a: RunSpec, b: RunSpec) -> list[str]:
 
 @dataclass
 class Logger:
-    """Rank 0 writes one JSON line per logged step (metrics.jsonl) and plain text (train.log)."""
+    """Rank 0 writes one JSON line per logged step (metrics.jsonl) and plain text (train.log); with `tensorboard`
+    also TensorBoard scalars (RUN/tensorboard; the optional `tensorboard` package)."""
 
     run_dir: Path
     enabled: bool
+    tensorboard: object = None  # a torch.utils.tensorboard SummaryWriter, opened by open_tensorboard
 
     def metrics(self, row: dict) -> None:
         if self.enabled:
             with open(self.run_dir / METRICS_NAME, "a") as f:
                 f.write(json.dumps(row) + "\n")
+            if self.tensorboard is not None:
+                for k, v in row.items():
+                    if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                        self.tensorboard.add_scalar(k if k in ("lr", "pairs_per_s") else f"train/{k}", v, row["step"])
+                if row.get("env") and isinstance(row.get("aux_r2"), float) and math.isfinite(row["aux_r2"]):
+                    self.tensorboard.add_scalar(f"aux_r2/{row['env']}", row["aux_r2"], row["step"])
+
+    def open_tensorboard(self) -> None:
+        if self.enabled:
+            from torch.utils.tensorboard import SummaryWriter  # checked by check_tensorboard
+
+            self.tensorboard = SummaryWriter(str(self.run_dir / TENSORBOARD_DIR))
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
 
     def text(self, msg: str) -> None:
         if self.enabled:
@@ -222,6 +248,45 @@ def prepare_run_dir(run_dir: Path, spec: RunSpec, resume: bool, data: PreparedDa
     return []
 
 
+def check_tensorboard() -> None:
+    """--log tensorboard needs the optional tensorboard package; say how to get it before any work."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:
+        raise CtxsslError("--log tensorboard needs the tensorboard package, which is not installed",
+                          "pip install 'ctxssl[tensorboard]' (or pip install tensorboard), or drop --log")
+
+
+def check_schema(spec: RunSpec, data: PreparedDataset, run_dir: Path, resume: bool) -> ActionSchema:
+    """The dataset's action schema, checked against what the spec asks of it (and, on --resume, against the
+    schema the run was trained with)."""
+    schema = schema_from_manifest(data.manifest)
+    if resume:
+        from ctxssl_cli.spec import stored_meta
+
+        stored = (run_dir / SPEC_NAME).read_text() if (run_dir / SPEC_NAME).is_file() else ""
+        check_same_schema(schema_of_run(stored_meta(stored) or {}), schema, f"run {run_dir}", data.root)
+    envs = schema.environments
+    bad = [e for e in spec.train.envs if e not in envs] if spec.is_contextssl else []
+    if bad:
+        raise CtxsslError(f"train.envs names '{bad[0]}', which {data.root} ({schema.name}: "
+                          f"{', '.join(schema.factor_names)}) does not have",
+                          f"use environments of this dataset: {', '.join(envs)}, e.g. "
+                          f"--set train.envs='{{{schema.factor_names[0]}: 0.5, {schema.factor_names[-1]}: 0.5}}'")
+    if schema == VIEWS3D:
+        return schema
+    if not spec.is_contextssl:
+        raise CtxsslError(f"{spec.method} on {schema.name} data ({data.root}) is not supported yet: the baselines' "
+                          "predictors read views3d actions (rotation, color)",
+                          "train method contextssl on this dataset, or a baseline on views3d data (3DIEBench, "
+                          "`ctxssl prepare synthetic`)")
+    for key, default in (("aux_rotation", "quaternion"), ("aux_hue", "linear")):
+        if getattr(spec.train, key) != default:
+            raise CtxsslError(f"train.{key} applies to views3d data; {data.root} is {schema.name}",
+                              f"remove --set train.{key} (the aux target is the 9 view parameters)")
+    return schema
+
+
 def nonfinite_state(model: torch.nn.Module) -> str | None:
     """The name of the first parameter or buffer holding NaN/inf, or None when all are finite."""
     for name, t in model.state_dict().items():
@@ -275,7 +340,8 @@ def _worker_error(e: Exception) -> CtxsslError:
 
 
 def pretrain(spec: RunSpec, data: PreparedDataset, run_dir: Path, info: D.DistInfo, resume: bool = False,
-             compile_model: bool = False, progress: bool = False, overwrite: bool = False) -> dict:
+             compile_model: bool = False, progress: bool = False, overwrite: bool = False,
+             tensorboard: bool = False) -> dict:
     """Train `spec` on `data`, writing to `run_dir`. Returns a summary dict (steps, final loss, pairs/s).
 
     `progress`: report progress on stderr (rank 0): a bar on a terminal, else plain lines also written to train.log.
@@ -300,12 +366,19 @@ def pretrain(spec: RunSpec, data: PreparedDataset, run_dir: Path, info: D.DistIn
         raise CtxsslError(f"train.batch_size ({t.batch_size}) must split into equal parts of at least 2 pairs on "
                           f"each of {info.world_size} ranks (BatchNorm and the losses need 2 per rank)",
                           f"use a multiple of {info.world_size} that is at least {2 * info.world_size}")
-    sampler = PairSampler(train_split, t.batch_size, t.seed, info.rank, info.world_size, spec.data.canonical_quat)
+    schema = check_schema(spec, data, run_dir, resume)
+    if schema == VIEWS3D:
+        sampler = PairSampler(train_split, t.batch_size, t.seed, info.rank, info.world_size,
+                              spec.data.canonical_quat)
+    else:  # views made on the fly from one stored image, rendered on the device (data/augment2d.py)
+        sampler = AugmentPairSampler(train_split, t.batch_size, t.seed, info.rank, info.world_size)
     spe = sampler.steps_per_epoch
     total = spe * t.epochs if t.epochs else t.max_steps
     if t.max_steps:
         total = min(total, t.max_steps)
     n_seq_global = t.batch_size // spec.pairs_per_seq  # ContextSSL's sequences (unused by the baselines)
+    if tensorboard:
+        check_tensorboard()
     log = Logger(run_dir, info.is_main)
     if info.is_main:  # the folder is written only once the inputs are known to be good
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -317,7 +390,7 @@ def pretrain(spec: RunSpec, data: PreparedDataset, run_dir: Path, info: D.DistIn
 
     # ---- model, optimiser, schedule ------------------------------------------------------------------
     torch.manual_seed(t.seed)
-    model = build_model(spec, action_dim=ACTION_DIM)
+    model = build_model(spec, action_dim=schema.dim, schema=schema)
     if spec.model.sync_bn and info.distributed:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
@@ -353,13 +426,23 @@ def pretrain(spec: RunSpec, data: PreparedDataset, run_dir: Path, info: D.DistIn
         if info.is_main:
             save_checkpoint(run_dir / CHECKPOINT_NAME, model, opt, spec_yaml,
                             {"step": step, "epoch": step // spe, "steps_per_epoch": spe, "total_steps": total})
+            try:  # the picture of the run so far; never a reason to stop training
+                write_curves(run_dir)
+            except Exception as e:  # noqa: BLE001
+                log.text(f"{CURVES_NAME} not drawn: {type(e).__name__}: {e}")
 
     # ---- loop ----------------------------------------------------------------------------------------
     summary = {"start_step": start, "total_steps": total, "steps_per_epoch": spe, "run_dir": str(run_dir)}
     step, last, t0, pairs_done = start, {}, time.perf_counter(), 0
     stopping = False
     bar = Progress("pretrain", total, completed=start, enabled=progress and info.is_main, log=log.text)
-    with _StopFlag() as stop, bar:
+    threads = ThreadGovernor(t.threads, device)
+    if device.type == "cpu":
+        log.text(f"threads: {torch.get_num_threads()} (" + ("auto: follows the free cores" if threads.active
+                                                         else "pinned" if t.threads else "torch's default") + ")")
+    if tensorboard:
+        log.open_tensorboard()
+    with _StopFlag() as stop, bar, contextlib.closing(threads), contextlib.closing(log):
         while step < total:
             epoch, in_epoch = divmod(step, spe)
             loader = DataLoader(PairBatchDataset(sampler, epoch, in_epoch), batch_size=None,
@@ -383,7 +466,8 @@ def pretrain(spec: RunSpec, data: PreparedDataset, run_dir: Path, info: D.DistIn
                     g["lr"] = float(lrs[step])
                 if spec.is_contextssl:
                     mask = step_mask(spec, step, n_seq_global, info, device)
-                    out = compute_loss(fwd, batch, spec, env, mask, info, data.mean, data.std, resolution, amp)
+                    out = compute_loss(fwd, batch, spec, env, mask, info, data.mean, data.std, resolution, amp,
+                                       schema)
                 else:  # a baseline (SPEC §7): no environment, no context mask
                     out = compute_method_loss(fwd, batch, spec, info, data.mean, data.std, resolution, amp)
                 if not math.isfinite(out.loss.item()):
@@ -413,6 +497,8 @@ def pretrain(spec: RunSpec, data: PreparedDataset, run_dir: Path, info: D.DistIn
                 if step % t.log_every == 0 or step == total:
                     log.metrics(last)
                 bar.update(step, f"ep {epoch} {text} {rate:,.0f} pairs/s")
+                if (change := threads.poll(step)) is not None:
+                    log.text(change)
                 if step % t.checkpoint_every == 0 or step == total:
                     save(step)
                 stopping = D.broadcast_flag(stop.set, info)  # the same answer on every rank

@@ -12,10 +12,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ctxssl_cli.data.pairs import PairBatch, to_model_input
+from ctxssl_cli.data.augment2d import AugmentPairBatch, make_views
+from ctxssl_cli.data.pairs import PairBatch, normalise, to_model_input
 from ctxssl_cli.losses import aux_loss, info_nce
 from ctxssl_cli.model.context import layer_attention_masks, pair_attention_mask
-from ctxssl_cli.data.schema import ACTION_DIM, COLOR, ROTATION, revealed_mask
+from ctxssl_cli.data.schema import COLOR, ROTATION, VIEWS3D, ActionSchema, revealed_mask
 from ctxssl_cli.model.build import aux_layout
 from ctxssl_cli.spec import RunSpec
 from ctxssl_cli.train.dist import DistInfo, gather_with_grad
@@ -41,8 +42,11 @@ def quat_to_matrix(q: torch.Tensor) -> torch.Tensor:
         2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], dim=-1)
 
 
-def aux_target(target: torch.Tensor, spec: RunSpec) -> torch.Tensor:
-    """A view's absolute 6-d latent (quaternion, floor hue, light hue) in the spec's target encoding."""
+def aux_target(target: torch.Tensor, spec: RunSpec, schema: ActionSchema = VIEWS3D) -> torch.Tensor:
+    """A view's absolute latent in the spec's target encoding: views3d's 6-d (quaternion, floor hue, light hue)
+    through train.aux_rotation / aux_hue; augment2d's 9 absolute view parameters as they are."""
+    if schema != VIEWS3D:
+        return target
     rot, hue = target[:, list(ROTATION)], target[:, list(COLOR)]
     if spec.train.aux_rotation == "matrix":
         rot = quat_to_matrix(rot)
@@ -52,10 +56,13 @@ def aux_target(target: torch.Tensor, spec: RunSpec) -> torch.Tensor:
     return torch.cat([rot, hue], dim=1)
 
 
-def aux_revealed(env: str, spec: RunSpec, device) -> torch.Tensor:
-    """(D,) bool over the aux target: the rotation block if the env reveals rotation, the hue block for color."""
+def aux_revealed(env: str, spec: RunSpec, device, schema: ActionSchema = VIEWS3D) -> torch.Tensor:
+    """(D,) bool over the aux target: views3d: the rotation block if the env reveals rotation, the hue block for
+    color (their widths follow the target encoding); augment2d: the components the env reveals."""
+    rev = revealed_mask(env, schema.dim, "cpu", schema)
+    if schema != VIEWS3D:
+        return rev.to(device)
     n_rot, n_hue = aux_layout(spec)
-    rev = revealed_mask(env, ACTION_DIM, "cpu")
     return torch.cat([rev[list(ROTATION)].any().repeat(n_rot), rev[list(COLOR)].any().repeat(n_hue)]).to(device)
 
 
@@ -75,6 +82,28 @@ def step_mask(spec: RunSpec, step: int, n_seq_global: int, info: DistInfo, devic
 
 
 @dataclass
+class ModelInputs:
+    x: torch.Tensor  # (n, 3, R, R) float, normalised: the model's input
+    y: torch.Tensor
+    action: torch.Tensor  # (n, A) the full action x -> y
+    target_y: torch.Tensor  # (n, A) y's absolute latent (views3d: 6-d; augment2d: 9 view parameters)
+
+
+def model_inputs(batch: PairBatch | AugmentPairBatch, mean, std, resolution: int, device) -> ModelInputs:
+    """The two views as the model reads them, whichever kind of data: stored views (uint8, resized and
+    normalised) or an augment2d batch, whose views are rendered here, on the training device (data/augment2d.py)."""
+    if isinstance(batch, AugmentPairBatch):
+        x, y, action, _, target_y = make_views(batch, resolution)
+        x, y = normalise(x, mean, std), normalise(y, mean, std)
+    else:
+        x, y = to_model_input(batch.x, mean, std, resolution), to_model_input(batch.y, mean, std, resolution)
+        action, target_y = batch.action, batch.target_y
+    if device.type == "cuda":
+        x, y = x.contiguous(memory_format=torch.channels_last), y.contiguous(memory_format=torch.channels_last)
+    return ModelInputs(x, y, action, target_y)
+
+
+@dataclass
 class StepOutput:
     loss: torch.Tensor
     nce: torch.Tensor
@@ -82,23 +111,21 @@ class StepOutput:
     aux_r2: float  # online R² of the revealed target components (monitoring only)
 
 
-def compute_loss(fwd: nn.Module, batch: PairBatch, spec: RunSpec, env: str, attn_mask: torch.Tensor,
-                 info: DistInfo, mean, std, resolution: int, autocast_dtype: torch.dtype | None) -> StepOutput:
+def compute_loss(fwd: nn.Module, batch: PairBatch | AugmentPairBatch, spec: RunSpec, env: str,
+                 attn_mask: torch.Tensor, info: DistInfo, mean, std, resolution: int,
+                 autocast_dtype: torch.dtype | None, schema: ActionSchema = VIEWS3D) -> StepOutput:
     device = info.device
-    revealed = revealed_mask(env, batch.action.shape[1], device)
-    x = to_model_input(batch.x, mean, std, resolution)  # (n, 3, R, R) float
-    y = to_model_input(batch.y, mean, std, resolution)
-    if device.type == "cuda":
-        x, y = x.contiguous(memory_format=torch.channels_last), y.contiguous(memory_format=torch.channels_last)
-    action = batch.action * revealed  # hidden components are zeroed in every x token
+    inp = model_inputs(batch, mean, std, resolution, device)
+    revealed = revealed_mask(env, inp.action.shape[1], device, schema)
+    action = inp.action * revealed  # hidden components are zeroed in every x token
     with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-        o = fwd(x, y, action, spec.pairs_per_seq, attn_mask)  # ContextSSL.forward (maybe DDP-wrapped)
+        o = fwd(inp.x, inp.y, action, spec.pairs_per_seq, attn_mask)  # ContextSSL.forward (maybe DDP-wrapped)
     z_x, z_y, pred_x, pred_y = o.z_x.float(), o.z_y.float(), o.pred_x.float(), o.pred_y.float()
     all_x, all_y = gather_with_grad(z_x, info), gather_with_grad(z_y, info)
     nce = info_nce(z_x, z_y, spec.train.temperature, all_x, all_y, offset=info.rank * z_x.shape[0],
                    clamp=spec.train.nce_clamp)
-    target = aux_target(batch.target_y, spec)
-    aux_mask = aux_revealed(env, spec, device)
+    target = aux_target(inp.target_y, spec, schema)
+    aux_mask = aux_revealed(env, spec, device, schema)
     aux = 0.5 * (aux_loss(pred_x, target, aux_mask) + aux_loss(pred_y, target, aux_mask))
     loss = nce + spec.train.aux_weight * aux
     with torch.no_grad():
@@ -125,11 +152,8 @@ def compute_method_loss(fwd: nn.Module, batch: PairBatch, spec: RunSpec, info: D
     from ctxssl_cli.methods import METHODS
 
     device = info.device
-    x = to_model_input(batch.x, mean, std, resolution)  # (n, 3, R, R) float
-    y = to_model_input(batch.y, mean, std, resolution)
-    if device.type == "cuda":
-        x, y = x.contiguous(memory_format=torch.channels_last), y.contiguous(memory_format=torch.channels_last)
+    inp = model_inputs(batch, mean, std, resolution, device)
     with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-        out = fwd(x, y, batch.action)
+        out = fwd(inp.x, inp.y, inp.action)
     terms = METHODS[spec.method].loss(out, spec.method_block, info)
     return MethodStepOutput(loss=terms.pop("loss"), terms=terms)

@@ -1,0 +1,115 @@
+"""Training on augment2d data (SPEC §3.4): views made on the fly, the schema recorded and enforced, resume exact."""
+
+import pytest
+import torch
+
+from ctxssl_cli.checkpoint import load_checkpoint
+from ctxssl_cli.data.prepared import PreparedDataset
+from ctxssl_cli.data.schema import AUGMENT2D, VIEWS3D, schema_from_manifest
+from ctxssl_cli.errors import CtxsslError
+from ctxssl_cli.spec import load_spec, stored_meta
+from ctxssl_cli.train.dist import DistInfo
+from ctxssl_cli.train.loop import pretrain
+
+TINY = ["train.batch_size=16", "model.block_size=8", "model.n_embd=32", "model.n_layer=1", "model.n_head=2",
+        "model.encoder=convnet", "model.aux_hidden=32", "data.workers=0", "train.threads=1"]
+
+
+@pytest.fixture(scope="module")
+def images_data(tmp_path_factory):
+    from ctxssl_cli.data.synthetic import prepare_synthetic
+
+    root = tmp_path_factory.mktemp("img") / "i"
+    prepare_synthetic(root, classes=3, objects_per_class=10, resolution=24, seed=0, layout="images", workers=1,
+                      progress=False)
+    return PreparedDataset(root)
+
+
+@pytest.fixture(scope="module")
+def views_data(tmp_path_factory):
+    from ctxssl_cli.data.synthetic import prepare_synthetic
+
+    root = tmp_path_factory.mktemp("v") / "s"
+    prepare_synthetic(root, classes=3, objects_per_class=4, views=4, resolution=16, seed=0, workers=1, progress=False)
+    return PreparedDataset(root)
+
+
+def _spec(steps, extra=()):
+    return load_spec("demo-2d", TINY + [f"train.max_steps={steps}", "train.checkpoint_every=1",
+                                        "train.warmup_epochs=1", "data.resolution=16", *extra])
+
+
+def test_synthetic_images_layout_is_an_augment2d_dataset(images_data):
+    assert schema_from_manifest(images_data.manifest) == AUGMENT2D
+    tr = images_data.split("train")
+    assert tr.n_views == 1 and tr.latents.shape == (tr.n_objects, 1, 0)
+    assert tr.images([0, 1], [0, 0]).shape == (2, 3, 24, 24)
+
+
+def test_pretrain_records_the_schema_and_learns_the_revealed_factors(images_data, tmp_path):
+    summary = pretrain(_spec(3), images_data, tmp_path / "run", DistInfo())
+    assert summary["final_step"] == 3
+    ckpt = load_checkpoint(tmp_path / "run")
+    meta = stored_meta(ckpt.spec_yaml)
+    assert meta["action_schema"] == AUGMENT2D.to_manifest() and meta["action_dim"] == 9
+    # the token's action width and the aux predictor's output are the schema's 9 components
+    assert ckpt.tensors["model.aux_predictor.4.weight"].shape[0] == 9
+    assert (tmp_path / "run" / "curves.png").is_file()  # drawn at every checkpoint (issue 19)
+
+
+def test_resume_with_on_the_fly_views_is_bit_exact(images_data, tmp_path, monkeypatch):
+    pretrain(_spec(5), images_data, tmp_path / "full", DistInfo())
+    import ctxssl_cli.train.loop as loop
+
+    real = loop.sample_env
+
+    def crash_at_3(envs, seed, step):
+        if step == 3:
+            raise RuntimeError("simulated crash")
+        return real(envs, seed, step)
+
+    monkeypatch.setattr(loop, "sample_env", crash_at_3)
+    with pytest.raises(RuntimeError, match="simulated"):
+        pretrain(_spec(5), images_data, tmp_path / "cut", DistInfo())
+    monkeypatch.setattr(loop, "sample_env", real)
+    pretrain(_spec(5), images_data, tmp_path / "cut", DistInfo(), resume=True)
+    a, b = load_checkpoint(tmp_path / "full").tensors, load_checkpoint(tmp_path / "cut").tensors
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_loader_workers_do_not_change_the_views(images_data, tmp_path):
+    pretrain(_spec(2), images_data, tmp_path / "w0", DistInfo())
+    pretrain(_spec(2, ["data.workers=2"]), images_data, tmp_path / "w2", DistInfo())
+    a, b = load_checkpoint(tmp_path / "w0").tensors, load_checkpoint(tmp_path / "w2").tensors
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["train.envs={rotation: 0.5, color: 0.5}"], "train.envs names 'rotation'"),
+    (["train.aux_rotation=matrix"], "train.aux_rotation applies to views3d data"),
+])
+def test_settings_of_another_schema_are_refused(images_data, tmp_path, extra, match):
+    with pytest.raises(CtxsslError, match=match):
+        pretrain(_spec(1, extra), images_data, tmp_path / "r", DistInfo())
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_baseline_on_augment2d_data_is_refused(images_data, tmp_path):
+    spec = load_spec("demo/simclr", ["train.max_steps=1", "train.batch_size=8", "data.workers=0"])
+    with pytest.raises(CtxsslError, match="not supported yet"):
+        pretrain(spec, images_data, tmp_path / "b", DistInfo())
+
+
+def test_2d_environments_on_views3d_data_are_refused(views_data, tmp_path):
+    with pytest.raises(CtxsslError, match="train.envs names 'crop'.*views3d"):
+        pretrain(_spec(1), views_data, tmp_path / "r", DistInfo())
+
+
+def test_resume_on_data_of_another_schema_is_refused(images_data, views_data, tmp_path):
+    spec = load_spec("rotation", TINY + ["train.max_steps=1", "train.checkpoint_every=1", "data.resolution=16"])
+    pretrain(spec, views_data, tmp_path / "r", DistInfo())
+    with pytest.raises(CtxsslError, match="is not the one .* was trained on"):  # the dataset check comes first
+        pretrain(spec, images_data, tmp_path / "r", DistInfo(), resume=True)
+    assert load_checkpoint(tmp_path / "r").step == 1 and VIEWS3D.dim == 6
