@@ -1,6 +1,6 @@
 """ctxssl: Contextual Self-Supervised Learning (Gupta et al., NeurIPS 2024, arXiv 2405.18193)."""
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 
 # The Python API (api.py), imported on first use so that `import ctxssl_cli` stays cheap (no torch).
