@@ -14,7 +14,6 @@ import math
 from pathlib import Path
 
 from ctxssl_cli.errors import CtxsslError
-from ctxssl_cli.fileio import commit, discard, tmp_path_for
 
 CURVES_NAME = "curves.png"
 METRICS_NAME = "metrics.jsonl"
@@ -50,6 +49,8 @@ def plot_runs(runs: dict[str, list[dict]], out: Path) -> Path:
     """Draw the curves of one or more runs ({label: metrics rows}) into `out` (PNG), atomically."""
     from matplotlib.figure import Figure
 
+    from ctxssl_cli.evaluate.plots import save_png
+
     fig = Figure(figsize=(14, 3.6), layout="constrained")
     ax_loss, ax_r2, ax_lr, ax_rate = fig.subplots(1, 4)
     several = len(runs) > 1
@@ -81,15 +82,7 @@ def plot_runs(runs: dict[str, list[dict]], out: Path) -> Path:
     if any(_finite(r.get("loss")) and r["loss"] > 0 for rows in runs.values() for r in rows):
         ax_loss.set_yscale("log")
     ax_r2.set_ylim(-0.5, 1.0)
-    out = Path(out)
-    tmp = tmp_path_for(out)
-    try:
-        fig.savefig(tmp, dpi=90, format="png")
-        commit(tmp, out)
-    except BaseException:
-        discard(tmp)
-        raise
-    return out
+    return save_png(fig, out, dpi=90)
 
 
 def write_curves(run_dir: Path) -> Path | None:

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch.nn import functional
 
-from ctxssl_cli.data.pairs import PairSampler, TensorBatch
+from ctxssl_cli.data.pairs import PairSampler, TensorBatch, check_batch_setup
 from ctxssl_cli.data.schema import AUGMENT2D
 from ctxssl_cli.errors import CtxsslError
 
@@ -323,13 +323,7 @@ class AugmentPairSampler:
 
     def __init__(self, split, global_batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
                  settings: AugmentSettings = DEFAULT_SETTINGS):
-        g, w = int(global_batch_size), int(world_size)
-        if g < 1 or w < 1 or not 0 <= rank < w:
-            raise CtxsslError(f"bad batch setup: global batch {g}, rank {rank} of {w}",
-                              "use a positive batch size and 0 <= rank < world size")
-        if g % w:
-            raise CtxsslError(f"global batch size {g} does not divide by the {w} processes",
-                              f"use a multiple of {w}, e.g. {max(w, g // w * w)}")
+        g, w = check_batch_setup(global_batch_size, rank, world_size)
         if split.n_views < 1:
             raise CtxsslError(f"split {split.name} has no stored view per object", "re-run prepare")
         if split.n_objects < 1:

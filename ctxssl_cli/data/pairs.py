@@ -62,18 +62,24 @@ class PairBatch(TensorBatch):
     view_y: torch.Tensor  # (B,) int64
 
 
+def check_batch_setup(global_batch_size: int, rank: int, world_size: int) -> tuple[int, int]:
+    """(G, W) of a sampler's global batch over W ranks: positive, 0 <= rank < W, G a multiple of W."""
+    g, w = int(global_batch_size), int(world_size)
+    if g < 1 or w < 1 or not 0 <= rank < w:
+        raise CtxsslError(f"bad batch setup: global batch {g}, rank {rank} of {w}",
+                          "use a positive batch size and 0 <= rank < world size")
+    if g % w:
+        raise CtxsslError(f"global batch size {g} does not divide by the {w} processes",
+                          f"use a multiple of {w}, e.g. {max(w, g // w * w)}")
+    return g, w
+
+
 class PairSampler:
     """Deterministic training pairs; see the module docstring for the exact contract."""
 
     def __init__(self, split, global_batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
                  canonical_quat: bool = True):
-        g, w = int(global_batch_size), int(world_size)
-        if g < 1 or w < 1 or not 0 <= rank < w:
-            raise CtxsslError(f"bad batch setup: global batch {g}, rank {rank} of {w}",
-                              "use a positive batch size and 0 <= rank < world size")
-        if g % w:
-            raise CtxsslError(f"global batch size {g} does not divide by the {w} processes",
-                              f"use a multiple of {w}, e.g. {max(w, g // w * w)}")
+        g, w = check_batch_setup(global_batch_size, rank, world_size)
         if split.n_views < 2:
             raise CtxsslError(f"split {split.name} has {split.n_views} view per object; pairs need 2",
                               "prepare the dataset with >= 2 views")

@@ -225,7 +225,7 @@ def plot_comparison(comp: Comparison, path: Path) -> None:
     """Grouped bars, one group per metric: the runs' rows solid, the paper's rows for the same methods hatched."""
     from matplotlib.figure import Figure
 
-    from ctxssl_cli.evaluate.plots import _save
+    from ctxssl_cli.evaluate.plots import save_png
 
     runs = [r for r in comp.rows if r.source == "run"]
     methods = {r.method for r in runs}
@@ -252,7 +252,7 @@ def plot_comparison(comp: Comparison, path: Path) -> None:
     ax.grid(axis="y", alpha=0.3)
     if bars:
         ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def write_comparison(comp: Comparison, out_dir: Path) -> list[Path]:

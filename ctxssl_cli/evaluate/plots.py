@@ -77,16 +77,18 @@ def _panel(ax, section: dict, metric: str, title: str, ylabel: str, baseline=Non
         ax.legend(fontsize="small")
 
 
-def _save(fig: Figure, path: Path) -> None:
-    """Write the PNG atomically: render to a sibling temp file, then os.replace."""
+def save_png(fig: Figure, path: Path, dpi: int = 120) -> Path:
+    """Write a figure as PNG atomically: render to a sibling temp file, then os.replace (every ctxssl figure)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_path_for(path)
     try:
-        fig.savefig(tmp, format="png", dpi=120)
+        fig.savefig(tmp, format="png", dpi=dpi)
         commit(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    return path
+
 
 
 def r2_ylim(r2: dict, factors=("rotation", "color"), order=MODES) -> tuple[float, float]:
@@ -115,7 +117,7 @@ def plot_r2_vs_context(report: dict, path: Path) -> None:
     how = ", ".join(x for x in (f"{settings['probes']} probes" if settings.get("probes") else "",
                                 f"{settings['r2']} R²" if settings.get("r2") else "") if x)
     fig.suptitle("Equivariance against context length" + (f" ({how})" if how else ""))
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_mrr_vs_context(report: dict, path: Path) -> None:
@@ -126,4 +128,4 @@ def plot_mrr_vs_context(report: dict, path: Path) -> None:
     for ax, metric, name in zip(fig.subplots(1, 3), ("mrr", "h@1", "h@5"), ("MRR", "H@1", "H@5")):
         _panel(ax, mrr, metric, name, name, order=order)
     fig.suptitle("Retrieval against context length")
-    _save(fig, path)
+    save_png(fig, path)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ctxssl_cli.fileio import commit, discard, tmp_path_for
+from ctxssl_cli.evaluate.plots import save_png
 
 EXAMPLES = 4  # val objects shown
 TOP = 5  # retrieved views shown per mode
@@ -86,13 +86,5 @@ def plot_retrieval(examples: dict, split, out_dir: Path, titles: dict[str, str] 
                     spine.set_linewidth(3)
         fig.suptitle(f"views retrieved for source + action at c = {examples['length']}: {titles.get(a, a)} "
                      f"context (left) vs {titles.get(b, b)} context (right); green = the target view", fontsize=9)
-        out = Path(out_dir) / figure_name(index, (a, b))
-        tmp = tmp_path_for(out)
-        try:
-            fig.savefig(tmp, dpi=100, format="png")
-            commit(tmp, out)
-        except BaseException:
-            discard(tmp)
-            raise
-        paths.append(out)
+        paths.append(save_png(fig, Path(out_dir) / figure_name(index, (a, b)), dpi=100))
     return paths
