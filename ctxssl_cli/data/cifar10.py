@@ -78,9 +78,8 @@ def _write(out: Path, source: Path, classes, batches, codec, overwrite, progress
     is_archive = source.is_file()
     src = {"kind": "archive" if is_archive else "folder", "name": source.name,
            **({"bytes": source.stat().st_size} if is_archive else {})}
-    writer = PreparedWriter(out, dataset="cifar10", resolution=RESOLUTION, codec=codec, settings={"source": src},
-                            overwrite=overwrite, jpeg_quality=jpeg_quality or prepared.JPEG_QUALITY)
-    try:
+    with PreparedWriter(out, dataset="cifar10", resolution=RESOLUTION, codec=codec, settings={"source": src},
+                        overwrite=overwrite, jpeg_quality=jpeg_quality or prepared.JPEG_QUALITY) as writer:
         train = [batches[name] for name in TRAIN_FILES]
         records = {"train": np.concatenate(train), "val": batches[TEST_FILE]}
         n_train = len(records["train"])
@@ -101,9 +100,6 @@ def _write(out: Path, source: Path, classes, batches, codec, overwrite, progress
         fill_chunks(writer, task, process_record, workers=workers, progress=progress,
                     label=f"packing CIFAR-10 ({codec})")
         return writer.finalize()
-    except CtxsslError:
-        writer.abandon()  # an overwrite's build is dropped, the old dataset stays
-        raise
 
 
 def process_record(task):

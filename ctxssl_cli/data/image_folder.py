@@ -71,9 +71,8 @@ def _write(out, source, classes, files, val_fraction, resolution, codec, workers
 
     src = {"kind": "image-folder", "name": source.resolve().name}
     settings = {"source": src, "val_fraction": val_fraction, "seed": seed}
-    writer = PreparedWriter(out, dataset="images", resolution=resolution, codec=codec, settings=settings,
-                            overwrite=overwrite, jpeg_quality=jpeg_quality or prepared.JPEG_QUALITY)
-    try:
+    with PreparedWriter(out, dataset="images", resolution=resolution, codec=codec, settings=settings,
+                        overwrite=overwrite, jpeg_quality=jpeg_quality or prepared.JPEG_QUALITY) as writer:
         ids = [key for key, _ in files]
         label_of = {c: i for i, c in enumerate(classes)}
         labels = np.array([label_of[key.split("/")[0]] for key in ids], np.int64)
@@ -96,9 +95,6 @@ def _write(out, source, classes, files, val_fraction, resolution, codec, workers
         fill_chunks(writer, task, process_image, workers=workers, progress=progress,
                     label=f"packing images ({codec}, {resolution} px)")
         return writer.finalize()
-    except CtxsslError:
-        writer.abandon()  # an overwrite's build is dropped, the old dataset stays
-        raise
 
 
 # -- 1. scan ---------------------------------------------------------------------------------------------------

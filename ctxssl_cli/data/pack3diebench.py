@@ -88,14 +88,10 @@ def _pack(source: Path, out: Path, resolution, codec, lists, workers, overwrite,
     settings = {"source": {"kind": "archive" if is_archive else "folder", "name": source.name,
                            **({"bytes": source.stat().st_size} if is_archive else {})},
                 "split_files": [_file_digest(p) for p in lists]}
-    writer = PreparedWriter(out, dataset="3diebench", resolution=resolution, codec=codec, settings=settings,
-                            overwrite=overwrite, jpeg_quality=jpeg_quality or prepared.JPEG_QUALITY)
-    try:
+    with PreparedWriter(out, dataset="3diebench", resolution=resolution, codec=codec, settings=settings,
+                        overwrite=overwrite, jpeg_quality=jpeg_quality or prepared.JPEG_QUALITY) as writer:
         return _fill(writer, source, is_archive, keys, locate, settings, lists, codec, resolution, workers,
                      progress)
-    except CtxsslError:
-        writer.abandon()  # a bad source: an overwrite's build is dropped, the old dataset stays
-        raise
 
 
 def _fill(writer, source, is_archive, keys, locate, settings, lists, codec, resolution, workers, progress):

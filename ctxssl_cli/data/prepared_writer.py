@@ -69,6 +69,8 @@ class PreparedWriter:
        anything (overwrite) happens in a build folder beside `root` (`self.dir`), swapped in by `finalize`.
     2. `plan(...)` fixes the objects (known only after scanning the source), then chunks are written in any
        order (`pending()` lists what is left) and `finalize()` writes the metadata and, last, the manifest.
+    Used as a context manager, a CtxsslError (a bad source, found while packing) abandons an overwrite's build
+    (`abandon`); any other exit (an interrupt) leaves the build to be resumed.
     """
 
     def __init__(self, root, *, dataset: str, resolution: int, codec: str, settings: dict,
@@ -151,6 +153,16 @@ class PreparedWriter:
         """Drop an overwrite's build folder after a failure (the old dataset at `root` is untouched)."""
         if self.dir != self.root:
             outdir.discard_build(self.dir)
+
+    def __enter__(self) -> "PreparedWriter":
+        return self
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        from ctxssl_cli.errors import CtxsslError
+
+        if kind is not None and issubclass(kind, CtxsslError):
+            self.abandon()  # an overwrite's build is dropped, the old dataset stays
+        return False
 
     def plan(self, *, n_views: int, classes: list[str], splits: dict, split_source: str, source: dict,
              mean=None, std=None, action_schema: dict | None = None) -> None:
