@@ -63,6 +63,7 @@ from ctxssl_cli.data.schema import ACTION_DIM
 from ctxssl_cli.devices import resolve_device
 from ctxssl_cli.model.build import build_model
 from ctxssl_cli.model.encoder import ConvNet
+from ctxssl_cli.schedule import adam
 from ctxssl_cli.spec import RunSpec, load_spec
 from ctxssl_cli.train.dist import DistInfo
 from ctxssl_cli.train.step import compute_loss, step_mask
@@ -207,8 +208,7 @@ def our_step(spec: RunSpec, inp: Inputs, device: torch.device) -> tuple[Callable
         model.to(memory_format=torch.channels_last)
     t = spec.train
     lr = t.lr * t.batch_size / 256
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=t.weight_decay,
-                           **({"fused": True} if device.type == "cuda" else {}))
+    opt = adam(model.parameters(), lr=lr, weight_decay=t.weight_decay)  # as the training loop builds it
     B = inp.x.shape[0]
     batch = PairBatch(x=inp.x, y=inp.y, action=inp.action, target_x=inp.latent[:, 0], target_y=inp.latent[:, 1],
                       label=torch.zeros(B, dtype=torch.long), obj=torch.arange(B),

@@ -38,7 +38,7 @@ from ctxssl_cli.data.schema import VIEWS3D, ActionSchema, check_same_schema, sch
 from ctxssl_cli.model.build import build_model
 from ctxssl_cli.spec import OPTIMISATION_KEYS, RunSpec, spec_from_yaml_text, stored_meta, to_yaml
 from ctxssl_cli.train import dist as D
-from ctxssl_cli.schedule import warmup_cosine
+from ctxssl_cli.schedule import adam, warmup_cosine
 from ctxssl_cli.train.step import compute_loss, compute_method_loss, sample_env, step_mask
 
 SPEC_NAME = "spec.yaml"
@@ -399,8 +399,7 @@ def pretrain(spec: RunSpec, data: PreparedDataset, run_dir: Path, info: D.DistIn
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     peak_lr = t.lr * t.batch_size / 256
-    opt = torch.optim.Adam(model.parameters(), lr=peak_lr, weight_decay=t.weight_decay,
-                           **({"fused": True} if device.type == "cuda" else {}))
+    opt = adam(model.parameters(), lr=peak_lr, weight_decay=t.weight_decay)
     lrs = warmup_cosine(peak_lr, total, round(t.warmup_epochs * spe))
     start = 0
     if resume:
