@@ -200,8 +200,10 @@ def make_inputs(batch: int, res: int, seed: int = 0) -> Inputs:
     return Inputs(x, y, action, lat)
 
 
-def our_step(spec: RunSpec, inp: Inputs, device: torch.device) -> tuple[Callable[[int], float], nn.Module]:
-    """What train/loop.py runs for one step, on a batch already on the device."""
+def our_step(spec: RunSpec, inp: Inputs, device: torch.device, resolution: int | None = None
+             ) -> tuple[Callable[[int], float], nn.Module]:
+    """What train/loop.py runs for one step, on a batch already on the device; the views are resized to
+    `resolution` on the device as training does (default: the inputs' own size, no resize)."""
     torch.manual_seed(0)
     model = build_model(spec, ACTION_DIM).to(device)
     if device.type == "cuda":
@@ -215,7 +217,7 @@ def our_step(spec: RunSpec, inp: Inputs, device: torch.device) -> tuple[Callable
                       view_x=torch.zeros(B, dtype=torch.long), view_y=torch.ones(B, dtype=torch.long)).to(device)
     single = DistInfo(device=device)
     n_seq = t.batch_size // spec.pairs_per_seq
-    res = inp.x.shape[-1]
+    res = resolution or inp.x.shape[-1]
     amp = torch.bfloat16 if device.type == "cuda" else None  # train.precision auto
 
     def step(i: int) -> float:

@@ -31,6 +31,7 @@ from ctxssl_cli.model.flops import model_flops_per_pair
 from ctxssl_cli.spec import load_spec
 from ctxssl_cli.devices import resolve_device
 from ctxssl_cli.model.build import build_model
+from ctxssl_cli.schedule import adam
 from ctxssl_cli.data.schema import ACTION_DIM, revealed_mask
 
 
@@ -58,7 +59,7 @@ def bench(name, spec, data: PreparedDataset, device, steps: int, peak: float, am
     model = build_model(spec, ACTION_DIM).to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4, **({"fused": True} if device.type == "cuda" else {}))
+    opt = adam(model.parameters(), lr=1e-4)  # as the training loop builds it
     sampler = PairSampler(data.split("train"), spec.train.batch_size, 0)
     n_pairs = spec.pairs_per_seq
     n_seq = spec.train.batch_size // n_pairs

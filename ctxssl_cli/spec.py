@@ -95,6 +95,13 @@ class ModelSpec:
     # "l2" and PyTorch's default Linear init the predictor's first activations are ~sqrt(F) times too small
     # and it takes thousands of steps to start predicting; "rms" lets short (CPU) runs learn rotation.
     aux_norm: str = "l2"
+    # The units of the actions in the tokens and of the aux targets: "raw" (as the data gives them: the
+    # quaternion and hues of 3DIEBench are about unit scale already) or "standard" (2D augmentation data only:
+    # each action component divided by its standard deviation under the augmentation pipeline, each aux target
+    # component scaled to standard deviation 0.5, a quaternion component's). In raw 2D units a crop box moves by
+    # ~0.1 and sigma by ~0.9, so the crop environment's aux loss is ~20x smaller than the blur one's and the
+    # context's actions are small beside h; demo-2d shows no context effect in raw units (README, Results).
+    action_units: str = "raw"
     # SyncBatchNorm across ranks under DDP. Off in the paper (each GPU normalises its own batch).
     sync_bn: bool = False
 
@@ -431,6 +438,9 @@ def validate(spec: RunSpec) -> None:
     if t.aux_rotation not in ("quaternion", "matrix"):
         raise CtxsslError(f"train.aux_rotation must be quaternion or matrix, got '{t.aux_rotation}'",
                           "e.g. --set train.aux_rotation=matrix")
+    if m.action_units not in ("raw", "standard"):
+        raise CtxsslError(f"model.action_units must be raw or standard, got '{m.action_units}'",
+                          "e.g. --set model.action_units=standard (2D augmentation data)")
     if m.aux_norm not in ("l2", "rms"):
         raise CtxsslError(f"model.aux_norm must be l2 or rms, got '{m.aux_norm}'", "e.g. --set model.aux_norm=rms")
     if t.aux_hue not in ("linear", "circular"):

@@ -90,7 +90,7 @@ PREDICTOR_METHODS = ("equimod", "sie", "sen")  # methods with an action-conditio
 # and InfoNCE); a baseline's spec may hold them only at their defaults, and its stored spec.yaml leaves them out.
 CONTEXTSSL_ONLY = frozenset({
     "model.block_size", "model.n_layer", "model.n_head", "model.n_embd", "model.dropout", "model.aux_hidden",
-    "model.aux_norm", "train.envs", "train.mask_prob", "train.mask_draw", "train.aux_weight", "train.aux_rotation",
+    "model.aux_norm", "model.action_units", "train.envs", "train.mask_prob", "train.mask_draw", "train.aux_weight", "train.aux_rotation",
     "train.aux_hue", "train.temperature", "train.nce_clamp"})
 # The width of h for each model.encoder (model/encoder.py builds them; tests/test_methods.py checks they agree),
 # here so that an SIE split can be checked before anything is built.

@@ -113,3 +113,61 @@ def test_resume_on_data_of_another_schema_is_refused(images_data, views_data, tm
     with pytest.raises(CtxsslError, match="is not the one .* was trained on"):  # the dataset check comes first
         pretrain(spec, images_data, tmp_path / "r", DistInfo(), resume=True)
     assert load_checkpoint(tmp_path / "r").step == 1 and VIEWS3D.dim == 6
+
+
+# ---- model.action_units (standard units for 2D actions and aux targets) ------------------------------------
+
+def test_standard_units_give_unit_actions_and_half_unit_targets():
+    """The scales come from the pipeline itself: on fresh draws (another seed) the scaled actions have std ~1 and
+    the scaled aux targets std ~0.5 in every component; the scales are a fixed function (same twice)."""
+    from ctxssl_cli.data.augment2d import (AUX_TARGET_STD, absolute_target, relative_action, sample_params,
+                                           unit_scales)
+
+    a_scale, t_scale = unit_scales()
+    assert a_scale.shape == t_scale.shape == (9,)
+    g = torch.Generator().manual_seed(123)
+    px, py = sample_params(20000, g), sample_params(20000, g)
+    a_std = (relative_action(px, py) * a_scale).std(0)
+    t_std = (absolute_target(py) * t_scale).std(0)
+    assert torch.allclose(a_std, torch.ones(9), rtol=0.05), a_std
+    assert torch.allclose(t_std, torch.full((9,), AUX_TARGET_STD), rtol=0.05), t_std
+    unit_scales.cache_clear()
+    assert all(torch.equal(x, y) for x, y in zip(unit_scales(), (a_scale, t_scale)))
+
+
+def test_standard_units_scale_the_tokens_and_stay_out_of_the_checkpoint(images_data, tmp_path):
+    from ctxssl_cli.data.augment2d import unit_scales
+    from ctxssl_cli.model.build import build_model
+    from ctxssl_cli.runs import load_run
+
+    raw = build_model(_spec(1, ["model.action_units=raw"]), 9, AUGMENT2D)
+    std = build_model(_spec(1), 9, AUGMENT2D)  # demo-2d: standard
+    assert torch.equal(raw.action_scale, torch.ones(9)) and torch.equal(std.action_scale, unit_scales()[0])
+    h, a = torch.randn(5, std.feature_dim), torch.randn(5, 9)
+    assert torch.equal(std._token(h, a)[:, -9:], a * unit_scales()[0])
+    assert torch.equal(raw._token(h, a)[:, -9:], a)
+    assert "action_scale" not in std.state_dict()  # set from the spec at every build, so old runs load as before
+    pretrain(_spec(2), images_data, tmp_path / "run", DistInfo())
+    run = load_run(tmp_path / "run", images_data.root, torch.device("cpu"))
+    assert torch.equal(run.model.action_scale, unit_scales()[0])  # embed / evaluate use the units trained with
+
+
+def test_standard_units_change_the_aux_target_only_in_scale():
+    from ctxssl_cli.data.augment2d import unit_scales
+    from ctxssl_cli.train.step import aux_target
+
+    t = torch.rand(4, 9)
+    assert torch.equal(aux_target(t, _spec(1), AUGMENT2D), t * unit_scales()[1])
+    assert torch.equal(aux_target(t, _spec(1, ["model.action_units=raw"]), AUGMENT2D), t)
+
+
+def test_standard_units_on_views3d_data_are_refused(views_data, tmp_path):
+    spec = load_spec("rotation", TINY + ["train.max_steps=1", "data.resolution=16", "model.action_units=standard"])
+    with pytest.raises(CtxsslError, match="action_units=standard is defined for 2D augmentation data"):
+        pretrain(spec, views_data, tmp_path / "r", DistInfo())
+    assert not (tmp_path / "r").exists()
+
+
+def test_action_units_must_be_known():
+    with pytest.raises(CtxsslError, match="model.action_units must be raw or standard"):
+        load_spec("demo-2d", ["model.action_units=whitened"])

@@ -34,6 +34,7 @@ contiguous slice [r*G/W, (r+1)*G/W). The batch holds the uint8 source images and
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -304,6 +305,23 @@ def relative_action(params_x: torch.Tensor, params_y: torch.Tensor) -> torch.Ten
     a = absolute_target(params_y) - absolute_target(params_x)
     a[:, ViewParams.HUE] = torch.remainder(a[:, ViewParams.HUE] + 0.5, 1.0) - 0.5
     return a
+
+
+AUX_TARGET_STD = 0.5  # model.action_units=standard: aux targets scaled to a quaternion component's spread
+_STD_SAMPLES, _STD_SEED = 1 << 16, 0x57D
+
+
+@functools.lru_cache(maxsize=None)
+def unit_scales(settings: AugmentSettings = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The standard units of `model.action_units=standard`: per component, 1 / std of the action between two
+    independently drawn views, and AUX_TARGET_STD / std of a view's aux target, each (9,) float32. A fixed
+    function of the augmentation settings (65,536 seeded draws), so training and every later embed agree."""
+    g = torch.Generator().manual_seed(_STD_SEED)
+    st = settings or DEFAULT_SETTINGS
+    px, py = sample_params(_STD_SAMPLES, g, st), sample_params(_STD_SAMPLES, g, st)
+    a_std = relative_action(px, py).double().std(0)
+    t_std = absolute_target(py).double().std(0)
+    return (1.0 / a_std.clamp_min(1e-6)).float(), (AUX_TARGET_STD / t_std.clamp_min(1e-6)).float()
 
 
 # ---- training pairs ------------------------------------------------------------------------------------

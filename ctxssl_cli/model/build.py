@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from ctxssl_cli.data.schema import VIEWS3D, ActionSchema
+from ctxssl_cli.data.schema import AUGMENT2D, VIEWS3D, ActionSchema
+from ctxssl_cli.errors import CtxsslError
 from ctxssl_cli.model.ctxssl import ContextSSL
 from ctxssl_cli.spec import RunSpec
 
@@ -32,6 +33,20 @@ def build_model(spec: RunSpec, action_dim: int, schema: ActionSchema = VIEWS3D) 
 
         return METHODS[spec.method].build(spec, action_dim)
     m = spec.model
-    return ContextSSL(encoder=m.encoder, action_dim=action_dim, n_layer=m.n_layer, n_head=m.n_head,
-                      n_embd=m.n_embd, dropout=m.dropout, aux_hidden=m.aux_hidden, aux_dim=aux_dim(spec, schema),
-                      aux_norm=m.aux_norm)
+    model = ContextSSL(encoder=m.encoder, action_dim=action_dim, n_layer=m.n_layer, n_head=m.n_head,
+                       n_embd=m.n_embd, dropout=m.dropout, aux_hidden=m.aux_hidden, aux_dim=aux_dim(spec, schema),
+                       aux_norm=m.aux_norm)
+    if m.action_units == "standard":
+        model.action_scale.copy_(standard_units(schema)[0])
+    return model
+
+
+def standard_units(schema: ActionSchema) -> tuple:
+    """(action scale, aux target scale), each (schema.dim,), of model.action_units=standard: 2D augmentation data
+    only (data/augment2d.py unit_scales)."""
+    if schema != AUGMENT2D:
+        raise CtxsslError(f"model.action_units=standard is defined for 2D augmentation data, not {schema.name}",
+                          "use model.action_units=raw (the default) on 3DIEBench-style data")
+    from ctxssl_cli.data.augment2d import unit_scales
+
+    return unit_scales()

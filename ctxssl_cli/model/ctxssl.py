@@ -55,6 +55,9 @@ class ContextSSL(nn.Module):
         self.action_dim = action_dim
         F_, A = self.feature_dim, action_dim
         self.transformer = ContextTransformer(F_ + A, F_, n_layer, n_head, n_embd, dropout)
+        # Per-component factor applied to every action before it enters a token (model.action_units): ones for
+        # raw units. Not saved in checkpoints: build_model sets it from the run's spec and schema.
+        self.register_buffer("action_scale", torch.ones(A), persistent=False)
         # The paper's auxiliary predictor: MLP proj_dim -> 1024 -> 1024 -> action_dim with ReLU, applied to
         # L2-normalised outputs; it predicts the target view's absolute latent and keeps the representation
         # from collapsing to invariance.
@@ -73,13 +76,13 @@ class ContextSSL(nn.Module):
 
     # -- training path ---------------------------------------------------------------------------------
     def _token(self, h: Tensor, action: Tensor | None) -> Tensor:
-        """[h, action] (action None -> zeros): (N, F), (N, A) -> (N, F + A) in the promoted dtype."""
+        """[h, action * action_scale] (action None -> zeros): (N, F), (N, A) -> (N, F + A) in the promoted dtype."""
         if action is None:
             return F.pad(h, (0, self.action_dim))
         if action.shape != (h.shape[0], self.action_dim):
             raise ValueError(f"action must be ({h.shape[0]}, {self.action_dim}), got {tuple(action.shape)}")
         dtype = torch.promote_types(h.dtype, action.dtype)
-        return torch.cat([h.to(dtype), action.to(dtype)], dim=1)
+        return torch.cat([h.to(dtype), (action * self.action_scale).to(dtype)], dim=1)
 
     def make_tokens(self, h_x: Tensor, h_y: Tensor, action: Tensor, n_pairs: int) -> Tensor:
         """h_x, h_y (N, F), action (N, A), already zeroed where not revealed -> tokens (n_seq, 2*n_pairs, F+A).

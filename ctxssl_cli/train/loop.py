@@ -35,7 +35,7 @@ from ctxssl_cli.progress import Progress
 from ctxssl_cli.train.threads import ThreadGovernor
 from ctxssl_cli.data.augment2d import AugmentPairSampler
 from ctxssl_cli.data.schema import VIEWS3D, ActionSchema, check_same_schema, schema_from_manifest, schema_of_run
-from ctxssl_cli.model.build import build_model
+from ctxssl_cli.model.build import build_model, standard_units
 from ctxssl_cli.spec import OPTIMISATION_KEYS, RunSpec, spec_from_yaml_text, stored_meta, to_yaml
 from ctxssl_cli.train import dist as D
 from ctxssl_cli.schedule import adam, warmup_cosine
@@ -273,6 +273,8 @@ def check_schema(spec: RunSpec, data: PreparedDataset, run_dir: Path, resume: bo
                           f"{', '.join(schema.factor_names)}) does not have",
                           f"use environments of this dataset: {', '.join(envs)}, e.g. "
                           f"--set train.envs='{{{schema.factor_names[0]}: 0.5, {schema.factor_names[-1]}: 0.5}}'")
+    if spec.is_contextssl and spec.model.action_units == "standard":
+        standard_units(schema)  # defined for 2D augmentation data: refused here, before the run folder is made
     if schema == VIEWS3D:
         return schema
     if not spec.is_contextssl:

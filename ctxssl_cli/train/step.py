@@ -17,7 +17,7 @@ from ctxssl_cli.data.pairs import PairBatch, normalise, to_model_input
 from ctxssl_cli.losses import aux_loss, info_nce
 from ctxssl_cli.model.context import layer_attention_masks, pair_attention_mask
 from ctxssl_cli.data.schema import COLOR, ROTATION, VIEWS3D, ActionSchema, revealed_mask
-from ctxssl_cli.model.build import aux_layout
+from ctxssl_cli.model.build import aux_layout, standard_units
 from ctxssl_cli.spec import RunSpec
 from ctxssl_cli.train.dist import DistInfo, gather_with_grad
 
@@ -44,8 +44,11 @@ def quat_to_matrix(q: torch.Tensor) -> torch.Tensor:
 
 def aux_target(target: torch.Tensor, spec: RunSpec, schema: ActionSchema = VIEWS3D) -> torch.Tensor:
     """A view's absolute latent in the spec's target encoding: views3d's 6-d (quaternion, floor hue, light hue)
-    through train.aux_rotation / aux_hue; augment2d's 9 absolute view parameters as they are."""
+    through train.aux_rotation / aux_hue; augment2d's 9 absolute view parameters, in standard units where
+    model.action_units says so."""
     if schema != VIEWS3D:
+        if spec.model.action_units == "standard":
+            return target * standard_units(schema)[1].to(target.device)
         return target
     rot, hue = target[:, list(ROTATION)], target[:, list(COLOR)]
     if spec.train.aux_rotation == "matrix":
