@@ -12,10 +12,11 @@ float32 tensors (B, 3, r, r), r = the prepared resolution.
 torch runs on --threads threads for both (default 1: one loader process; scale with DataLoader workers).
 The last line is `speedup_vs_pil: X` (ours / naive pairs per second).
 
-Both readers end in the same fresh float32 batch (2 x B x 3 x r x r x 4 bytes: 100 MB at B=256, r=128), which
-glibc maps anew for every batch: its page faults are a fixed cost of both readers that dominates ours on
-machines with slow faults (VMs). `MALLOC_MMAP_THRESHOLD_=1000000000 python benchmarks/loader.py ...` lets
-both reuse that memory and shows the readers' own costs; the trainer avoids it by normalising on the GPU.
+Both readers end in the same fresh float32 batch (2 x B x 3 x r x r x 4 bytes: 100 MB at B=256, r=128). With
+glibc's defaults it is mapped anew for every batch, and its page faults dominate our reader's time on machines
+with slow faults (VMs). `ctxssl` keeps freed memory in its heap (ctxssl_cli/allocator.py), and so does this
+benchmark, for both readers in its one process (`--malloc keep`, the default); `--malloc system` measures with
+glibc's defaults.
 """
 
 from __future__ import annotations
@@ -103,13 +104,23 @@ def main(argv=None) -> None:
     ap.add_argument("--batch", type=int, default=256, help="pairs per batch")
     ap.add_argument("--seconds", type=float, default=10.0, help="measuring time per reader (interleaved in 4 rounds)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for both readers")
+    ap.add_argument("--malloc", choices=("keep", "system"), default="keep",
+                    help="keep: freed memory stays in the heap for both readers, as `ctxssl` sets it for its own "
+                         "process (ctxssl_cli/allocator.py); system: glibc's defaults")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.malloc == "keep":
+        from ctxssl_cli.allocator import keep_freed_memory
+
+        kept = keep_freed_memory()
+    else:
+        kept = False
 
     ours, ds, batch = our_reader(args.prepared, args.batch)
     naive = naive_reader(args.raw, ds.resolution, ds.mean, ds.std, batch)
     print(f"prepared: {args.prepared} (codec {ds.codec}, {ds.resolution} px, {ds.n_views} views); raw: {args.raw}; "
-          f"batch {batch} pairs; {args.seconds:g} s each; torch threads {args.threads}")
+          f"batch {batch} pairs; {args.seconds:g} s each; torch threads {args.threads}; allocator: "
+          f"{'freed memory kept (both readers)' if kept else 'glibc defaults'}")
     rates = measure({"naive": naive, "ours": ours}, args.seconds)
     rate_naive, rate_ours = rates["naive"], rates["ours"]
     print(f"naive (PIL, one JPEG file per view): {rate_naive:10.1f} pairs/s")

@@ -133,7 +133,16 @@ def main():
     ap.add_argument("--reference", type=Path, metavar="DIR",
                     help="instead: our step against the published code's, side by side (benchmarks/reference_step.py;"
                          " DIR: git clone https://github.com/Sharut/In-Context-Symmetries DIR)")
+    ap.add_argument("--malloc", choices=("keep", "system"), default="keep",
+                    help="keep: freed memory stays in the heap, as `ctxssl` sets it (ctxssl_cli/allocator.py); "
+                         "system: glibc's defaults (a page fault for every page of every large block)")
     args, rest = ap.parse_known_args()
+    if args.malloc == "keep":
+        from ctxssl_cli.allocator import keep_freed_memory
+
+        print(f"allocator: freed memory kept in the heap ({'set' if keep_freed_memory() else 'not available here'})")
+    else:
+        print("allocator: glibc's defaults")
     if args.reference:
         if args.data or args.contended:
             ap.error("--reference runs on random inputs of its own: drop --data and --contended")

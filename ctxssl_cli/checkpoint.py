@@ -76,14 +76,20 @@ def content_hash(tensors: dict[str, torch.Tensor], meta: dict[str, str] | None =
     whatever the values hold), then the tensors. Without it: the tensors only (format 1's hash). Each tensor
     contributes (name, dtype, shape, bytes), in sorted name order.
     """
+    return content_hash_items(((name, tensors[name]) for name in sorted(tensors)), meta)
+
+
+def content_hash_items(items, meta: dict[str, str] | None = None) -> str:
+    """content_hash over (name, tensor) pairs given one at a time, already in sorted name order (a file larger
+    than memory is hashed tensor by tensor: tensorfile.py)."""
     h = hashlib.sha256()
     if meta is not None:
         covered = {k: meta[k] for k in sorted(meta) if k != HASH_KEY}
         h.update(b"meta|" + json.dumps(covered, sort_keys=True, ensure_ascii=True).encode() + b"|")
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
+    for name, t in items:
+        t = t.detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data if t.numel() else b"")
     return h.hexdigest()
 
 
@@ -185,12 +191,31 @@ def read_verified(path: Path, fmt: str, kind: str, fix: str, verify: bool = True
     return tensors, meta
 
 
+def read_verified_lazy(path: Path, fmt: str, kind: str, fix: str) -> tuple["LazyTensors", dict]:
+    """read_verified for files larger than memory: the tensors as a tensorfile.LazyTensors (each read from disk
+    when asked for), the content_sha256 checked by reading them once, one at a time."""
+    from ctxssl_cli.tensorfile import LazyTensors
+
+    try:
+        with open(path, "rb") as f:
+            if len(f.read(8)) < 8:
+                raise SafetensorError("file too short")
+        tensors, meta = LazyTensors.open(path)
+    except (SafetensorError, OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
+        raise CtxsslError(f"{path} is not a readable safetensors {kind} ({e})",
+                          f"{fix} (pickled files are never loaded)") from None
+    if meta.get("format") != fmt:
+        raise CtxsslError(f"{path} is a safetensors file but not a ctxssl {kind}", fix)
+    verify_content(path, tensors, meta, kind, fix)
+    return tensors, meta
+
+
 def verify_content(path: Path, tensors: dict, meta: dict, kind: str, fix: str) -> None:
     """CtxsslError unless the stored content_sha256 is the hash of this metadata and these tensors."""
     stored = meta.get(HASH_KEY)
     if stored == content_hash(tensors, meta):
         return
-    if stored == content_hash(tensors):
+    if stored == content_hash(tensors):  # (tensors may be a LazyTensors: both hashes read one tensor at a time)
         why = ("its metadata does not match the stored sha256: edited, or written by an older ctxssl whose "
                "sha256 covered the tensors only")
     else:

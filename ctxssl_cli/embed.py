@@ -20,6 +20,9 @@ Embeddings file (safetensors):
                     Context.describe(): kind default|file, source, file sha256, n_pairs, pairs) and
                     context_source (its one-line label); both are part of the cache key; augment2d also
                     virtual_views (JSON of AugmentedViews.describe(), part of the cache key)
+
+A file is written tensor by tensor as the tensors are made and read back one tensor at a time (tensorfile.py),
+so neither `embed` nor `evaluate` holds a whole split's embeddings: at 3DIEBench scale they are tens of GB.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import hashlib
 import json
 import math
 import os
+import contextlib
+from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,16 +42,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
-from safetensors.torch import save_file
 
 from ctxssl_cli import __version__
-from ctxssl_cli.checkpoint import content_hash, read_verified
+from ctxssl_cli.checkpoint import read_verified_lazy
 from ctxssl_cli.data.actions import relative_action_for
 from ctxssl_cli.data.pairs import to_model_input
 from ctxssl_cli.data.schema import INVARIANT, SCHEMAS, VIEWS3D, ActionSchema, revealed_mask
 from ctxssl_cli.errors import CtxsslError
-from ctxssl_cli.fileio import commit, discard, tmp_path_for
 from ctxssl_cli.runs import LoadedRun
+from ctxssl_cli.tensorfile import StreamWriter
 
 PROTOCOL_VERSION = "1"
 NONE_MODE = "none"  # the context mode that zeroes every action
@@ -346,7 +350,25 @@ def _queries(run: LoadedRun, h: torch.Tensor, action: torch.Tensor | None, cache
 def embed_split(run: LoadedRun, split_name: str, modes: list[str], lengths: list[int], context: Context,
                 views_per_object: int | None = None, retrieval: bool = False, batch_size: int = 256,
                 seed: int = 0, progress: ProgressFactory | None = None) -> dict[str, torch.Tensor]:
-    """All tensors of an embeddings file for one split (see the module docstring).
+    """All tensors of an embeddings file for one split (see the module docstring), in memory."""
+    tensors: dict[str, torch.Tensor] = {}
+    embed_split_into(tensors.__setitem__, run, split_name, modes, lengths, context, views_per_object, retrieval,
+                     batch_size, seed, progress)
+    return tensors
+
+
+def n_tensors(modes: list[str], lengths: list[int], retrieval: bool) -> int:
+    """How many tensors embed_split_into hands over (h, z and q per mode and length, four index tensors)."""
+    return 1 + len(modes) * len(lengths) * (2 if retrieval else 1) + 4
+
+
+def embed_split_into(sink: Callable[[str, torch.Tensor], None], run: LoadedRun, split_name: str, modes: list[str],
+                     lengths: list[int], context: Context, views_per_object: int | None = None,
+                     retrieval: bool = False, batch_size: int = 256, seed: int = 0,
+                     progress: ProgressFactory | None = None) -> None:
+    """Hand every tensor of an embeddings file for one split to `sink(name, tensor)` as soon as it is made, and
+    keep none of them: at most h, one z and (for retrieval) view 0's h and one q are in memory at once, so a
+    StreamWriter sink writes a split larger than memory.
 
     `progress` makes a tracker per stage (encoding the split, then the contexts); see ProgressFactory."""
     check_context_covers(context, lengths)
@@ -367,7 +389,7 @@ def embed_split(run: LoadedRun, split_name: str, modes: list[str], lengths: list
                          np.concatenate([context.view_a[:c_max], context.view_b[:c_max]]), batch_size)  # (2c, F)
     ctx_hx, ctx_hy = ctx_h[:c_max].to(run.device), ctx_h[c_max:].to(run.device)
     ctx_action = torch.as_tensor(context.action[:c_max]).to(run.device)
-    tensors = {"h": h.reshape(n, v, -1)}
+    sink("h", h.reshape(n, v, -1))
     if retrieval:
         lat = split.latents[:, views]  # (n, v, L)
         rel = relative_action_for(run.schema, np.repeat(lat[:, :1], v, axis=1), lat,
@@ -375,21 +397,23 @@ def embed_split(run: LoadedRun, split_name: str, modes: list[str], lengths: list
         q_action = torch.as_tensor(rel.reshape(n * v, -1))  # view 0 -> view j, for every j
         h0 = h.reshape(n, v, -1)[:, 0].repeat_interleave(v, dim=0)  # (n*v, F): view 0 repeated
     with track(progress, f"contexts {split_name}", len(modes) * len(lengths)) as bar:
-        for mode in modes:
-            keep = mode_mask(mode, run.action_dim, run.device, schema=run.schema)
-            for c in lengths:
-                k = c // 2
+        for c in lengths:
+            k = c // 2
+            z_free = None  # c = 0: no context, so z (zero-action queries) is the same in every mode: made once
+            for mode in modes:
+                keep = mode_mask(mode, run.action_dim, run.device, schema=run.schema)
                 cache = run.model.build_context(ctx_hx[:k], ctx_hy[:k], ctx_action[:k] * keep)
-                tensors[f"z.{mode}.{c}"] = _queries(run, h, None, cache, 4 * batch_size).reshape(n, v, -1)
+                z = z_free if z_free is not None else _queries(run, h, None, cache, 4 * batch_size).reshape(n, v, -1)
+                z_free = z if c == 0 else None
+                sink(f"z.{mode}.{c}", z)
                 if retrieval:
                     qa = q_action * keep.cpu()
-                    tensors[f"q.{mode}.{c}"] = _queries(run, h0, qa, cache, 4 * batch_size).reshape(n, v, -1)
+                    sink(f"q.{mode}.{c}", _queries(run, h0, qa, cache, 4 * batch_size).reshape(n, v, -1))
                 bar.advance(1, f"{mode}@{c}")
-    tensors["latents"] = torch.as_tensor(split.latents[:, views].copy())
-    tensors["labels"] = torch.as_tensor(split.labels.astype(np.int64))
-    tensors["objects"] = torch.arange(n, dtype=torch.int64)
-    tensors["views"] = torch.as_tensor(views.astype(np.int64))
-    return tensors
+    sink("latents", torch.as_tensor(split.latents[:, views].copy()))
+    sink("labels", torch.as_tensor(split.labels.astype(np.int64)))
+    sink("objects", torch.arange(n, dtype=torch.int64))
+    sink("views", torch.as_tensor(views.astype(np.int64)))
 
 
 def embeddings_metadata(run: LoadedRun, split: str, modes, lengths, context: Context, retrieval: bool,
@@ -432,30 +456,35 @@ def cache_key(meta: dict[str, str]) -> str:
 
 
 def save_embeddings(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+    """Write an embeddings file from tensors in memory (see embedding_writer for one made tensor by tensor)."""
+    with embeddings_writer(path, meta, len(tensors)) as add:
+        for name, t in tensors.items():
+            add(name, t)
+
+
+@contextlib.contextmanager
+def embeddings_writer(path: Path, meta: dict[str, str], max_tensors: int):
+    """`with embeddings_writer(path, meta, n) as add: add(name, tensor) ...`: an embeddings file written tensor
+    by tensor (tensorfile.StreamWriter), sealed with its content_sha256 and moved into place only when the block
+    ends without an error; a failure or Ctrl-C leaves no temp file and no half-written target. An OSError (a
+    full disk, a read-only file system) propagates with the target's name as its filename, for cli/app.py's
+    one-line message."""
     path = check_out_file(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CtxsslError(f"cannot make the folder of {path} ({e.strerror or e})", "choose another --out") from None
-    tensors = {k: t.contiguous() for k, t in tensors.items()}
-    meta = {**meta, "content_sha256": content_hash(tensors, meta)}  # covers the metadata too
-    tmp = tmp_path_for(path)
-    try:
-        save_file(tensors, str(tmp), metadata=meta)
-        commit(tmp, path)
-    except BaseException as e:  # a failure or Ctrl-C: no half-written temp file stays behind
-        discard(tmp)
-        if isinstance(e, OSError):
-            raise CtxsslError(f"cannot write embeddings file {path} ({e.strerror or e})",
-                              "check the folder's permissions and free disk space, or pass another --out") from e
-        raise
+    with StreamWriter(path, meta, max_tensors) as w:
+        yield w.add
 
 
-def load_embeddings(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def load_embeddings(path: Path) -> tuple[Mapping[str, torch.Tensor], dict[str, str]]:
+    """The tensors (a tensorfile.LazyTensors: each read from disk when asked for) and metadata of an embeddings
+    file, its content_sha256 checked."""
     path = Path(path)
     if not path.is_file():
         raise CtxsslError(f"embeddings file {path} does not exist", "make it with `ctxssl embed`")
-    return read_verified(path, "ctxssl-embeddings", "embeddings file", "make it again with `ctxssl embed`")
+    return read_verified_lazy(path, "ctxssl-embeddings", "embeddings file", "make it again with `ctxssl embed`")
 
 
 # ---- `ctxssl embed` end to end ---------------------------------------------------------------------------
@@ -524,8 +553,12 @@ def embed_run(checkpoint: Path, data: Path | None, device: str, settings: EmbedS
     target = check_out_file(target)
     log(f"checkpoint: {run.checkpoint} (step {run.step})  data: {run.data.root}  split: {settings.split}")
     log(f"context: {context.label()}")
-    tensors = embed_split(run, settings.split, modes, lengths, context, vpo, settings.retrieval,
-                          settings.batch_size, progress=progress)
-    save_embeddings(target, tensors, meta)
-    n, v, f = tensors["h"].shape
+    shapes = {}
+    with embeddings_writer(target, meta, n_tensors(modes, lengths, settings.retrieval)) as add:
+        def keep_shape(name, t):
+            shapes[name] = tuple(t.shape)
+            add(name, t)
+        embed_split_into(keep_shape, run, settings.split, modes, lengths, context, vpo, settings.retrieval,
+                         settings.batch_size, progress=progress)
+    n, v, f = shapes["h"]
     return EmbedResult(target, (n, v, f), modes, lengths, context, run)

@@ -20,6 +20,7 @@ EXPECTED = {
     ("embed",): {"--checkpoint", "--data", "--split", "--context-mode", "--context-length", "--context-pairs",
                  "--views-per-object", "--retrieval", "--batch-size", "--device", "--out"},
     ("evaluate",): {"--checkpoint", "--data", "--embeddings", "--context-length", "--probes", "--probe-epochs", "--r2",
+                    "--probe-memory",
                     "--train-views", "--device", "--out"},
     ("compare",): {"--out", "--allow-mixed"},
     ("plot",): {"--out"},

@@ -11,6 +11,7 @@ import torch
 from safetensors import safe_open
 
 from ctxssl_cli import embed
+from ctxssl_cli.tensorfile import StreamWriter
 from ctxssl_cli.cli.app import main
 from ctxssl_cli.errors import CtxsslError
 from ctxssl_cli.evaluate.pipeline import EvalSettings, check_given, evaluate_run
@@ -150,19 +151,22 @@ def test_out_must_be_a_writable_file(run, tmp_path, monkeypatch, capfd):
 @pytest.mark.parametrize("fault", [OSError(28, "No space left on device"), KeyboardInterrupt()])
 def test_a_failed_save_leaves_no_temp_file(run, tmp_path, monkeypatch, fault):
     ctx = embed.default_context(run)
-    tensors = {"h": torch.zeros(2, 3, 4)}
+    tensors = {"h": torch.zeros(2, 3, 4), "z.color.0": torch.zeros(2, 3, 4)}
     meta = embed.embeddings_metadata(run, "val", ["color"], [0], ctx, False, None)
+    add = StreamWriter.add
 
-    def half_written(t, path, metadata=None):
-        open(path, "wb").write(b"partial")
-        raise fault
+    def half_written(self, name, t):  # the second tensor fails part-way through its bytes
+        if self.entries:
+            self.f.write(b"partial")
+            raise fault
+        add(self, name, t)
 
-    monkeypatch.setattr(embed, "save_file", half_written)
+    monkeypatch.setattr(StreamWriter, "add", half_written)
     out = tmp_path / "sub" / "e.safetensors"
-    with pytest.raises(CtxsslError if isinstance(fault, OSError) else KeyboardInterrupt) as e:
+    with pytest.raises(type(fault)) as e:
         embed.save_embeddings(out, tensors, meta)
-    if isinstance(fault, OSError):
-        assert "cannot write embeddings file" in e.value.message and "No space left" in e.value.message
+    if isinstance(fault, OSError):  # named after the target, for the one-line message (cli/app.os_error_message)
+        assert e.value.errno == 28 and e.value.filename == str(out)
     assert list((tmp_path / "sub").iterdir()) == []
 
 

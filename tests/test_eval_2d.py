@@ -4,6 +4,7 @@ that keeps a 3DIEBench run off 2D data and the other way round. The runs here ar
 trainer: a model, a checkpoint and its recorded meta), which is all these paths need."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -211,6 +212,18 @@ def test_evaluate_run_on_augment2d(world, tmp_path):
     # the cached embeddings are reused: a second evaluation is the same report
     again = evaluate_run(run, s, [], tmp_path / "cache")
     assert again["r2"] == report["r2"] and again["top1"] == report["top1"]
+    # probes one embedding at a time (the least memory, as at 3DIEBench's scale): the same numbers
+    single = evaluate_run(run, replace(s, probe_memory_gb=0), [], tmp_path / "cache")
+    probe_meta = single["meta"]["settings"]["r2_probe"]
+    n_probed = 1 + len(MODES_2D) * 2 - len(probe_meta["shared_probes"])  # h, z per mode and length, c = 0 once
+    assert probe_meta["groups"] == n_probed and report["meta"]["settings"]["r2_probe"]["groups"] == 1
+    assert _close(single["r2"], report["r2"]) and _close(single["r2_definitions"], report["r2_definitions"])
+
+
+def _close(a, b, tol=1e-6):
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k], tol) for k in a)
+    return abs(a - b) <= tol
 
 
 def test_runs_read_only_data_of_their_schema(world):

@@ -282,12 +282,13 @@ def test_evaluate_report_write_refused_by_a_full_disk(fp32_run, tmp_path, monkey
 
 
 def test_a_library_os_error_is_named_not_an_internal_error(fp32_run, tmp_path, monkeypatch, capfd):
-    """embed writes with safetensors directly: its "(os error 30) at path ..." text still gives the one line."""
-    def save_file(tensors, filename, metadata=None):
-        raise SafetensorError(f'Error while serializing: I/O error: Read-only file system (os error 30) at path '
-                              f'"{Path(filename).parent / ".tmpAbC123"}"')
+    """embed streams its file tensor by tensor (tensorfile.StreamWriter): an OS error part-way through (a file
+    system turned read-only) still gives the one line naming the file, and no temp file stays."""
+    def add(self, name, tensor):
+        self.f.write(b"partial")
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
-    monkeypatch.setattr("ctxssl_cli.embed.save_file", save_file)
+    monkeypatch.setattr("ctxssl_cli.tensorfile.StreamWriter.add", add)
     out = tmp_path / "e.safetensors"
     code, _, err = ctxssl(monkeypatch, capfd, "embed", "--checkpoint", fp32_run, "--context-length", 2,
                           "--out", out, "--device", "cpu")

@@ -174,3 +174,24 @@ def test_variance_share_measures_how_much_of_the_embedding_a_factor_takes():
     assert abs(variance_share(noise_tr, f_tr, noise_te, f_te)) < 0.01
     # a faint factor takes a tiny share
     assert variance_share(0.01 * f_tr @ mix + noise_tr, f_tr, 0.01 * f_te @ mix + noise_te, f_te) < 0.01
+
+
+def test_variance_share_in_chunks_equals_one_least_squares_fit():
+    """Chunked normal equations (bounded memory at 3DIEBench scale) against a direct lstsq on all rows."""
+    rng = np.random.default_rng(3)
+    f_tr, f_te = rng.normal(size=(3000, 4)), rng.normal(size=(700, 4))
+    mix = rng.normal(size=(4, 12))
+    e_tr = (f_tr @ mix + rng.normal(size=(3000, 12))).astype(np.float32)
+    e_te = (f_te @ mix + rng.normal(size=(700, 12))).astype(np.float32)
+    x_tr = np.c_[f_tr, np.ones(len(f_tr))]
+    w, *_ = np.linalg.lstsq(x_tr, e_tr.astype(np.float64), rcond=None)
+    direct = r2_score(e_te, np.c_[f_te, np.ones(len(f_te))] @ w, "sklearn")
+    for chunk in (65536, 1000, 7):
+        assert variance_share(e_tr, f_tr, e_te, f_te, chunk=chunk) == pytest.approx(direct, abs=1e-10)
+
+
+def test_knn_does_not_depend_on_the_test_batch():
+    rng = np.random.default_rng(4)
+    x_tr, x_te = rng.normal(size=(500, 8)), rng.normal(size=(90, 8))
+    y_tr, y_te = rng.integers(0, 3, 500), rng.integers(0, 3, 90)
+    assert knn_top1(x_tr, y_tr, x_te, y_te, k=20) == knn_top1(x_tr, y_tr, x_te, y_te, k=20, batch=7)

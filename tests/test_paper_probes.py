@@ -151,7 +151,7 @@ def test_pipeline_probes_h_raw_and_z_normalised(monkeypatch):
 
     seen = {}
 
-    def capture(train, lat_tr, val, lat_va, pairs, normalise, settings, device="cpu", on_epoch=None):
+    def capture(train, lat_tr, val, lat_va, pairs, normalise, settings, device="cpu", on_epoch=None, group_bytes=0):
         seen.update(normalise)
         raise RuntimeError("captured")
 
@@ -199,3 +199,28 @@ def test_identical_embeddings_share_one_probe():
     va = {k: v[:2] for k, v in tr.items()}
     keys = {"features": "h", "rotation@0": "z.rotation.0", "color@0": "z.color.0", "rotation@2": "z.rotation.2"}
     assert identical_embeddings(tr, va, keys) == {"color@0": "rotation@0"}  # bitwise-equal z only (h is raw)
+
+
+def test_probes_in_groups_equal_one_stack(monkeypatch):
+    """Memory-bounded evaluation trains the probes a group of embeddings at a time (GROUP_BYTES): every probe
+    keeps the initialisation and batches it has in one stack of all probes, so the R² do not change."""
+    monkeypatch.setattr(pp, "PAPER_HIDDEN", 16)
+    train, lat_tr, val, lat_va, pairs = _toy(n=300, m=60, v=6)
+    train = {**train, "z2": train["z"] * 2 + 1}
+    val = {**val, "z2": val["z"] * 2 + 1}
+    norm = {"h": False, "z": True, "z2": True}
+    settings = pp.PaperProbeSettings(epochs=3)
+    one = pp.fit_paper_probes(train, lat_tr, val, lat_va, pairs, norm, settings)
+    each = pp.fit_paper_probes(train, lat_tr, val, lat_va, pairs, norm, settings, group_bytes=1)
+    assert one["_meta"]["groups"] == 1 and each["_meta"]["groups"] == 3
+    for k in ("h", "z", "z2"):
+        for f in ("rotation", "color"):
+            for kind in ("paper", "sklearn"):
+                assert each[k][f][kind] == pytest.approx(one[k][f][kind], abs=1e-6), (k, f, kind)
+
+
+def test_probe_groups_respect_the_budget():
+    assert pp.probe_groups([5, 5, 5], 10) == [(0, 2), (2, 3)]
+    assert pp.probe_groups([20, 5, 5], 10) == [(0, 1), (1, 3)]  # a tensor over the budget is a group alone
+    assert pp.probe_groups([1, 1, 1], 100) == [(0, 3)]
+    assert pp.probe_groups([], 100) == []

@@ -19,6 +19,7 @@ def evaluate(
     probe_epochs: Annotated[int, typer.Option("--probe-epochs", help="Epochs of the R² probes (published: 300).")] = 300,
     r2: Annotated[str, typer.Option("--r2", help="R² definition of the headline tables: paper (one global target mean, as published) or sklearn (per-dimension means); both are reported.")] = "paper",
     train_views: Annotated[Optional[int], typer.Option("--train-views", help="Train views per object to embed for the probes (default: all).")] = None,
+    probe_memory: Annotated[float, typer.Option("--probe-memory", help="GB of embeddings whose R² probes train together (more: faster; 0: one embedding at a time, the least memory).")] = 2.0,
     device: DeviceOpt = "auto",
     out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Report folder. Default: RUN/eval.")] = None,
 ) -> None:
@@ -28,7 +29,7 @@ def evaluate(
     from ctxssl_cli.progress import Progress
 
     settings = EvalSettings(lengths=context_length, r2_kind=r2, probes=probes, probe_epochs=probe_epochs,
-                            train_views_per_object=train_views)  # checks the options before the run is loaded
+                            train_views_per_object=train_views, probe_memory_gb=probe_memory)  # checked before the run loads
     result = evaluate_checkpoint(checkpoint or latest_run(), data, device, settings, list(embeddings or []),
                                  out_dir, progress=Progress,
                                  log=lambda msg: err.print(msg, soft_wrap=True, markup=False))

@@ -24,6 +24,9 @@ def pretrain(
     log: Annotated[Optional[str], typer.Option("--log", help="Also log metrics to: tensorboard (RUN/tensorboard; needs the optional tensorboard package).")] = None,
 ) -> None:
     """Pretrain ContextSSL, or a baseline (`method:` in the preset: simclr, vicreg, equimod, sie, sen). Single process by default; under torchrun, DDP over all processes."""
+    from ctxssl_cli.allocator import keep_freed_memory
+
+    keep_freed_memory()  # every step frees and allocates the same large blocks: keep them (allocator.py)
     from ctxssl_cli.spec import load_spec
 
     overrides = list(set_ or [])

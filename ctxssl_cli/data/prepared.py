@@ -24,6 +24,7 @@ torch is imported lazily so that packing workers (spawned processes) stay light.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 from pathlib import Path
@@ -232,23 +233,42 @@ class SplitData:
             return torch.empty((0, 3, r, r), dtype=torch.uint8)
         offs, lens = self._offsets[obj, view], self._lengths[obj, view]
         data = [torch.from_numpy(np.array(self._map(int(c))[o:o + n])) for c, o, n in zip(chunk, offs, lens)]
-        return torch.stack(_decode_jpegs(data))  # (B, 3, H, W)
+        # the decoders return (3, H, W) views of (H, W, 3) pixels: stacking those as (H, W, 3) and transposing the
+        # batch once is 2x faster than stacking the strided views (measured: 9 against 16 ms for 512 views)
+        hwc = torch.stack([im.permute(1, 2, 0) for im in _decode_jpegs(data)])  # (B, H, W, 3)
+        return hwc.permute(0, 3, 1, 2).contiguous()  # (B, 3, H, W)
 
 
 def _decode_jpegs(data: list) -> list:
-    """libjpeg(-turbo) decoding through torchvision (deprecated there since 0.29 in favour of TorchCodec, but
-    still the fastest dependency-free path); Pillow if a future torchvision drops it."""
-    import warnings
+    """Decode JPEG byte tensors to (3, H, W) uint8 RGB tensors with libjpeg-turbo through TorchCodec, the
+    decoder PyTorch maintains (torchvision's decode_jpeg is deprecated since 0.29 in its favour; the two give the
+    same pixels at the same speed, measured on 128-px views). Where TorchCodec cannot load (a torch older than
+    it supports), torchvision's decoder, then Pillow."""
+    decode = _jpeg_decoder()
+    return decode(data)
 
-    import torch
 
+@functools.lru_cache(maxsize=1)
+def _jpeg_decoder():
     try:
-        from torchvision.io import ImageReadMode, decode_jpeg
+        from torchcodec.decoders import decode_jpeg
+
+        return lambda data: decode_jpeg(data, mode="RGB")
+    except (ImportError, OSError, RuntimeError):  # not installed, or its native library does not load here
+        pass
+    try:
+        import warnings
+
+        from torchvision.io import ImageReadMode, decode_jpeg as tv_decode
+
+        def decode(data):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return tv_decode(data, mode=ImageReadMode.RGB)
+        return decode
     except ImportError:
+        import torch
         from PIL import Image
 
-        return [torch.from_numpy(np.asarray(Image.open(io.BytesIO(d.numpy().tobytes())).convert("RGB"))
-                                 .transpose(2, 0, 1).copy()) for d in data]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return decode_jpeg(data, mode=ImageReadMode.RGB)
+        return lambda data: [torch.from_numpy(np.asarray(Image.open(io.BytesIO(d.numpy().tobytes())).convert("RGB"))
+                                              .transpose(2, 0, 1).copy()) for d in data]

@@ -149,6 +149,9 @@ def knn_top1(train_x, train_y, test_x, test_y, k: int = 200, temperature: float 
     if n_classes is None:
         n_classes = int(max(ytr.max().item(), yte.max().item())) + 1
     k = min(k, len(xtr))
+    # the (batch, N_train) similarity block bounded to ~256 MB: 1,024 test samples up to 65,536 train samples (the
+    # demo), fewer beyond (3DIEBench's 2 M train views would make it 8.6 GB)
+    batch = max(1, min(batch, (1 << 26) // len(xtr)))
     correct = 0
     for s in range(0, len(xte), batch):
         q = torch.nn.functional.normalize(xte[s:s + batch].to(dev), dim=1)  # (b, D)
@@ -160,7 +163,8 @@ def knn_top1(train_x, train_y, test_x, test_y, k: int = 200, temperature: float 
     return correct / len(xte)
 
 
-def variance_share(train_e: np.ndarray, train_f: np.ndarray, test_e: np.ndarray, test_f: np.ndarray) -> float:
+def variance_share(train_e: np.ndarray, train_f: np.ndarray, test_e: np.ndarray, test_f: np.ndarray,
+                   chunk: int = 65536) -> float:
     """Fraction of an embedding's variance that a latent factor explains linearly (out of sample).
 
     A least-squares map with intercept from the factor's features f (N, K) to the embedding e (N, F) is fit on
@@ -168,8 +172,29 @@ def variance_share(train_e: np.ndarray, train_f: np.ndarray, test_e: np.ndarray,
     factors, `r2_score(test_e, pred, "sklearn")`. Unlike a probe, which decodes the factor from e and so cannot
     tell a large component from a tiny one, this measures how much of e the factor occupies: near 0 when the
     factor is absent or only a faint trace, up to 1 when it is all that e encodes.
+
+    Computed in float64 through the normal equations and per-column sums accumulated `chunk` rows at a time,
+    so memory stays a few (K+1, F) matrices however many rows there are (3DIEBench's train split has 2 M views:
+    a float64 copy of it is 8 GB at F = 512).
     """
-    x_tr = np.c_[np.asarray(train_f, np.float64), np.ones(len(train_f))]
-    w, *_ = np.linalg.lstsq(x_tr, np.asarray(train_e, np.float64), rcond=None)  # (K+1, F)
-    pred = np.c_[np.asarray(test_f, np.float64), np.ones(len(test_f))] @ w
-    return r2_score(test_e, pred, "sklearn")
+    def design(f):
+        return np.c_[np.asarray(f, np.float64), np.ones(len(f))]
+
+    train_f, test_f = np.reshape(train_f, (len(train_f), -1)), np.reshape(test_f, (len(test_f), -1))
+    k1, dim = train_f.shape[1] + 1, np.shape(train_e)[1]
+    xtx, xte = np.zeros((k1, k1)), np.zeros((k1, dim))
+    for s in range(0, len(train_e), chunk):
+        x = design(train_f[s:s + chunk])
+        xtx += x.T @ x
+        xte += x.T @ np.asarray(train_e[s:s + chunk], np.float64)
+    w, *_ = np.linalg.lstsq(xtx, xte, rcond=None)  # (K+1, F); the minimum-norm solution if rank-deficient
+    sse, total, total_sq, n = 0.0, np.zeros(dim), np.zeros(dim), len(test_e)
+    for s in range(0, n, chunk):
+        y = np.asarray(test_e[s:s + chunk], np.float64)
+        sse += float(((y - design(test_f[s:s + chunk]) @ w) ** 2).sum())
+        total += y.sum(0)
+        total_sq += (y ** 2).sum(0)
+    sst = float((total_sq - total ** 2 / n).sum())  # sum over columns of sum_n (y - mean_n(y))^2
+    if sst <= 0.0:
+        return 1.0 if sse == 0.0 else 0.0
+    return 1.0 - sse / sst

@@ -20,8 +20,9 @@ relative view parameters (data/actions.py). The probes' initialisations are draw
 factors.py's order (views3d: colour, then rotation, as always).
 
 ctxssl computes the embeddings once (`ctxssl embed`) instead of re-encoding every image in every epoch, and
-trains all probes of a protocol at once: their weights are stacked along a leading "probe" axis and trained
-with batched matrix products, every probe seeing the same batches (as the published loop does). Adam's update
+trains the probes of many embeddings at once (all of them unless memory bounds a group: GROUP_BYTES): their
+weights are stacked along a leading "probe" axis and trained with batched matrix products, every probe seeing
+the same batches (as the published loop does). Adam's update
 is element-wise and every probe's loss depends only on its own weights, so one Adam over the stacked weights
 and the summed losses is exactly one Adam per probe (the published code also sums the probes' losses).
 One h probe is trained (the published script trains one per mode on identical inputs).
@@ -42,6 +43,7 @@ from ctxssl_cli.errors import CtxsslError
 from ctxssl_cli.evaluate.factors import MLP, probes_of
 from ctxssl_cli.evaluate.metrics import R2_KINDS, r2_score
 from ctxssl_cli.schedule import adam
+from ctxssl_cli.tensorfile import nbytes_of, shape_of
 
 # The published settings; only the number of epochs may be changed (--probe-epochs).
 PAPER_LR = 1e-3
@@ -50,6 +52,10 @@ PAPER_BATCH = 256
 PAPER_HIDDEN = 1024
 PAPER_SEED = 42
 PAPER_EPOCHS = 300
+# Embedding bytes (train + val) whose probes train together by default (evaluate's --probe-memory): all of them at
+# the demo's size (14 embeddings of ~50 MB, one stack: fastest), one at a time at 3DIEBench's (~5.4 GB each at
+# F = 512), which bounds memory.
+GROUP_BYTES = 2 << 30
 
 
 @dataclass
@@ -83,6 +89,14 @@ class StackedMLP(torch.nn.Module):
         for w, b in zip(ws, bs):
             self.weights.append(torch.nn.Parameter(w))
             self.biases.append(torch.nn.Parameter(b))
+
+    def select(self, first: int, stop: int) -> "StackedMLP":
+        """A new StackedMLP of probes first..stop-1 (copies of their current weights)."""
+        part = StackedMLP.__new__(StackedMLP)
+        torch.nn.Module.__init__(part)
+        part.weights = torch.nn.ParameterList([torch.nn.Parameter(w[first:stop].detach().clone()) for w in self.weights])
+        part.biases = torch.nn.ParameterList([torch.nn.Parameter(b[first:stop].detach().clone()) for b in self.biases])
+        return part
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (P, B, in) -> (P, B, out)."""
@@ -136,10 +150,24 @@ def _unit(e: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(e, dim=-1)
 
 
-def fit_paper_probes(train: dict[str, torch.Tensor], train_latents: np.ndarray, val: dict[str, torch.Tensor],
-                     val_latents: np.ndarray, val_pairs: tuple[np.ndarray, np.ndarray, np.ndarray],
-                     normalise: dict[str, bool], settings: PaperProbeSettings = PaperProbeSettings(),
-                     device="cpu", on_epoch=None) -> dict:
+def probe_groups(nbytes: list[int], budget: int = GROUP_BYTES) -> list[tuple[int, int]]:
+    """Consecutive groups [first, stop) of embeddings whose bytes (train + val, as stored) add up to at most
+    `budget`, at least one embedding each: the probes of a group train together, reading its embeddings once."""
+    groups, first, total = [], 0, 0
+    for i, b in enumerate(nbytes):
+        if i > first and total + b > budget:
+            groups.append((first, i))
+            first, total = i, 0
+        total += b
+    if nbytes:
+        groups.append((first, len(nbytes)))
+    return groups
+
+
+def fit_paper_probes(train, train_latents: np.ndarray, val, val_latents: np.ndarray,
+                     val_pairs: tuple[np.ndarray, np.ndarray, np.ndarray], normalise: dict[str, bool],
+                     settings: PaperProbeSettings = PaperProbeSettings(), device="cpu", on_epoch=None,
+                     group_bytes: int = GROUP_BYTES) -> dict:
     """Train the published probes of every factor of `settings.schema` (views3d: colour and rotation) for every
     embedding in `train` and score them on val.
 
@@ -148,15 +176,23 @@ def fit_paper_probes(train: dict[str, torch.Tensor], train_latents: np.ndarray, 
     code normalises only the transformer outputs). train_latents (N, V, L), val_latents (M, W, L) (views3d: the
     7 stored values, augment2d: the 9 view parameters); val_pairs (obj, v1, v2) fixed. Returns {name: {factor:
     {r2 kind: R²}}} (factors in schema order) plus, under "_meta", epochs, steps, drop_last and seconds.
-    `on_epoch(epoch)` is called after every epoch (progress)."""
+
+    `train` and `val` may be lazy mappings (an embeddings file read tensor by tensor): the probes train in
+    groups of embeddings of at most `group_bytes` (probe_groups), each group reading only its own tensors, so
+    memory is bounded by one group whatever the number of modes and lengths. Every probe's initialisation and
+    batches are those of one stack of all probes (the same generator draws, the same pair draws per group), so
+    the grouping does not change the result. `on_epoch(epoch)` is called after every epoch of every group
+    (epochs x groups calls in all; progress)."""
     t0 = time.perf_counter()
     names = list(train)
     if not names:
         raise ValueError("no embeddings to probe")
     dev = torch.device(device)
-    tr = _Embeddings([train[n] for n in names], [normalise[n] for n in names], dev)  # (P, N, V, F)
-    va = _Embeddings([val[n] for n in names], [normalise[n] for n in names], dev)  # (P, M, W, F)
-    P, N, V, F = tr.shape
+    shapes = {shape_of(train, n) for n in names}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 3:
+        raise ValueError(f"embeddings must share one shape (N, V, F), got {sorted(shapes)}")
+    N, V, F = next(iter(shapes))
+    P = len(names)
     if V < 2:
         raise CtxsslError(f"the train embeddings hold {V} view per object; the probes need pairs",
                           "embed at least 2 train views per object")
@@ -164,50 +200,59 @@ def fit_paper_probes(train: dict[str, torch.Tensor], train_latents: np.ndarray, 
     factors = schema.factor_names
     width = dict(schema.factors)
     g = torch.Generator().manual_seed(PAPER_SEED)
-    probes = {}  # factor -> StackedMLP, created (and so initialised) in factors.py's order
+    stacks = {}  # factor -> StackedMLP of all P probes, created (and so initialised) in factors.py's order
     for f, kind in probes_of(schema):
         hidden = [PAPER_HIDDEN, PAPER_HIDDEN] if kind == MLP else []
-        probes[f] = StackedMLP(P, [2 * F, *hidden, width[f]], g).to(dev)
-    # fused Adam: the published update in one kernel over all stacked probe weights (the unfused one was 37% of a
-    # probe step on the CPU with 16 probes of 1.6 M weights)
-    opts = [adam(m.parameters(), lr=PAPER_LR, betas=PAPER_BETAS) for m in probes.values()]
-    rng = np.random.default_rng([PAPER_SEED, 0xE7A1])
+        stacks[f] = StackedMLP(P, [2 * F, *hidden, width[f]], g)
     # the published loader drops the last partial batch; with fewer objects than one batch that would leave
     # nothing, so then the one (partial) batch is kept
     drop_last = N >= PAPER_BATCH
     n_batches = N // PAPER_BATCH if drop_last else 1
-    steps = 0
-    for epoch in range(settings.epochs):
-        v1, v2 = draw_epoch_pairs(N, V, rng)
-        order = rng.permutation(N)
-        for b in range(n_batches):
-            obj = order[b * PAPER_BATCH:(b + 1) * PAPER_BATCH]
-            targets = pair_targets(train_latents, obj, v1[obj], v2[obj], schema)
-            target = {f: torch.as_tensor(t).to(dev) for f, t in zip(factors, targets)}
-            x = tr.pairs(obj, v1[obj], v2[obj])  # (P, B, 2F)
-            # per probe the mean over its batch and outputs, as nn.MSELoss; summed over probes (creation order)
-            loss = sum((m(x) - target[f]).square().mean(dim=(1, 2)).sum() for f, m in probes.items())
-            for opt in opts:
-                opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for opt in opts:
-                opt.step()
-            steps += 1
-        if on_epoch is not None:
-            on_epoch(epoch + 1)
-    obj, w1, w2 = val_pairs
-    truth = dict(zip(factors, pair_targets(val_latents, obj, w1, w2, schema)))
+    obj_va, w1, w2 = val_pairs
+    truth = dict(zip(factors, pair_targets(val_latents, obj_va, w1, w2, schema)))
+    groups = probe_groups([nbytes_of(train, n) + nbytes_of(val, n) for n in names], group_bytes)
     out: dict = {}
-    with torch.no_grad():
-        preds = {f: [] for f in probes}
-        chunk = max(256, 2 ** 24 // (P * PAPER_HIDDEN))  # bounded memory: ~64 MB per hidden layer of all probes
-        for s in range(0, len(obj), chunk):
-            x = va.pairs(obj[s:s + chunk], w1[s:s + chunk], w2[s:s + chunk])
-            for f, m in probes.items():
-                preds[f].append(m(x).cpu())
-        pred = {f: torch.cat(p, dim=1).numpy() for f, p in preds.items()}  # (P, n, width)
-    for i, name in enumerate(names):
-        out[name] = {f: {k: r2_score(truth[f], pred[f][i], k) for k in R2_KINDS} for f in factors}
-    out["_meta"] = {"epochs": settings.epochs, "steps": steps, "drop_last": drop_last,
+    steps = 0
+    for first, stop in groups:
+        part = names[first:stop]
+        tr = _Embeddings([train[n] for n in part], [normalise[n] for n in part], dev)  # (p, N, V, F)
+        va = _Embeddings([val[n] for n in part], [normalise[n] for n in part], dev)  # (p, M, W, F)
+        probes = {f: m.select(first, stop).to(dev) for f, m in stacks.items()}
+        # fused Adam: the published update in one kernel over all stacked probe weights (the unfused one was 37% of
+        # a probe step on the CPU with 16 probes of 1.6 M weights)
+        opts = [adam(m.parameters(), lr=PAPER_LR, betas=PAPER_BETAS) for m in probes.values()]
+        rng = np.random.default_rng([PAPER_SEED, 0xE7A1])  # every group sees the batches of the whole stack
+        steps = 0
+        for epoch in range(settings.epochs):
+            v1, v2 = draw_epoch_pairs(N, V, rng)
+            order = rng.permutation(N)
+            for b in range(n_batches):
+                obj = order[b * PAPER_BATCH:(b + 1) * PAPER_BATCH]
+                targets = pair_targets(train_latents, obj, v1[obj], v2[obj], schema)
+                target = {f: torch.as_tensor(t).to(dev) for f, t in zip(factors, targets)}
+                x = tr.pairs(obj, v1[obj], v2[obj])  # (p, B, 2F)
+                # per probe the mean over its batch and outputs, as nn.MSELoss; summed over probes (creation order)
+                loss = sum((m(x) - target[f]).square().mean(dim=(1, 2)).sum() for f, m in probes.items())
+                for opt in opts:
+                    opt.zero_grad(set_to_none=True)
+                loss.backward()
+                for opt in opts:
+                    opt.step()
+                steps += 1
+            if on_epoch is not None:
+                on_epoch(epoch + 1)
+        with torch.no_grad():
+            preds = {f: [] for f in probes}
+            chunk = max(256, 2 ** 24 // (len(part) * PAPER_HIDDEN))  # bounded memory: ~64 MB per hidden layer
+            for s in range(0, len(obj_va), chunk):
+                x = va.pairs(obj_va[s:s + chunk], w1[s:s + chunk], w2[s:s + chunk])
+                for f, m in probes.items():
+                    preds[f].append(m(x).cpu())
+            pred = {f: torch.cat(p, dim=1).numpy() for f, p in preds.items()}  # (p, n, width)
+        for i, name in enumerate(part):
+            out[name] = {f: {k: r2_score(truth[f], pred[f][i], k) for k in R2_KINDS} for f in factors}
+        del tr, va, probes, opts
+    out = {name: out[name] for name in names}
+    out["_meta"] = {"epochs": settings.epochs, "steps": steps, "drop_last": drop_last, "groups": len(groups),
                     "train_objects": int(N), "train_views": int(V), "seconds": time.perf_counter() - t0}
     return out

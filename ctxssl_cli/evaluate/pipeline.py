@@ -10,8 +10,10 @@ The factors probed, the context modes and the per-view factor features follow th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -24,14 +26,16 @@ from ctxssl_cli.data.schema import VIEWS3D, ActionSchema
 from ctxssl_cli.embed import (Context, ProgressFactory, cache_key, check_batch_size, check_context_covers,
                               check_float, check_int, check_lengths, check_mode_names, check_modes,
                               context_from_description, default_context, default_lengths, describe_context,
-                              embed_split, embeddings_metadata, load_embeddings, save_embeddings, track, virtual_views)
+                              embed_split_into, embeddings_metadata, embeddings_writer, load_embeddings, n_tensors,
+                              track, virtual_views)
 from ctxssl_cli.errors import CtxsslError
 from ctxssl_cli.evaluate.factors import probe_description
 from ctxssl_cli.evaluate.metrics import knn_top1, mrr_hits, retrieval_ranks, variance_share
 from ctxssl_cli.evaluate.retrieval_figure import plot_retrieval, retrieval_examples
-from ctxssl_cli.evaluate.paper_probes import PaperProbeSettings, fit_paper_probes
+from ctxssl_cli.evaluate.paper_probes import PaperProbeSettings, fit_paper_probes, probe_groups
 from ctxssl_cli.evaluate.probes import ProbeSettings, eval_pairs, linear_probe_top1
 from ctxssl_cli.runs import LoadedRun
+from ctxssl_cli.tensorfile import LazyTensors, nbytes_of, shape_of
 
 R2_KINDS = ("sklearn", "paper")
 
@@ -52,6 +56,10 @@ class EvalSettings:
     # Train views embedded per object (None: all, as the published probes draw from every view; a seeded
     # subset bounds the cost on large datasets).
     train_views_per_object: int | None = None
+    # GB of embeddings (train + val) whose R² probes train together, read from the embeddings files one group at
+    # a time: all of them at the demo's size (fastest), one at a time at 3DIEBench's (~5.4 GB each at F = 512).
+    # The grouping never changes a result (paper_probes.fit_paper_probes); 0 = one embedding at a time.
+    probe_memory_gb: float = 2.0
     pairs_per_object: int = 10  # fixed (seeded) val view pairs per object for the R² probes
     pair_seed: int = 0
     knn_k: int = 200
@@ -75,6 +83,10 @@ class EvalSettings:
             self.lengths = check_lengths(list(self.lengths))
         self.modes = check_mode_names(self.modes)  # against the run's schema in for_schema
         self.pairs_per_object = check_int("pairs per object", self.pairs_per_object, 1)
+        if (isinstance(self.probe_memory_gb, bool) or not isinstance(self.probe_memory_gb, (int, float))
+                or not 0 <= self.probe_memory_gb <= 1e6):
+            raise CtxsslError(f"--probe-memory {self.probe_memory_gb!r} is out of range",
+                              "give the GB of embeddings to probe together, from 0 (one at a time) up, e.g. 2")
         self.knn_k = check_int("kNN k", self.knn_k, 1)
         self.knn_t = check_float("kNN temperature", self.knn_t, positive=True)
         self.batch_size = check_batch_size(self.batch_size, "batch size")
@@ -105,10 +117,10 @@ def _embeddings(run: LoadedRun, split: str, s: EvalSettings, context: Context, g
         tensors, _ = load_embeddings(path)
         return tensors
     t0 = time.perf_counter()
-    tensors = embed_split(run, split, s.modes, s.lengths, context, vpo, retrieval, s.batch_size, progress=progress)
+    with embeddings_writer(path, meta, n_tensors(s.modes, s.lengths, retrieval)) as add:  # nothing kept in memory
+        embed_split_into(add, run, split, s.modes, s.lengths, context, vpo, retrieval, s.batch_size, progress=progress)
     timings[f"embed_{split}_s"] = time.perf_counter() - t0
-    save_embeddings(path, tensors, meta)
-    return tensors
+    return LazyTensors.open(path)[0]  # just written and sealed: read back tensor by tensor, unverified
 
 
 def file_context(meta: dict[str, str]) -> dict:
@@ -176,21 +188,27 @@ def factor_features(latents: np.ndarray, schema: ActionSchema = VIEWS3D) -> dict
     return absolute_factors_for(schema, latents)
 
 
-def identical_embeddings(tr: dict, va: dict, keys: dict[str, str]) -> dict[str, str]:
+def identical_embeddings(tr, va, keys: dict[str, str]) -> dict[str, str]:
     """{name: first name with bit-identical train and val embeddings} for every repeated embedding, e.g. z at
     c = 0, which no context mode changes. A probe fitted on one of them is a probe of every one (the published
-    script fits one per mode; theirs differ only by initialisation)."""
-    first: dict[str, str] = {}
+    script fits one per mode; theirs differ only by initialisation). Compared by a digest of each tensor's bytes,
+    reading one tensor at a time (tr, va may be lazy mappings of files larger than memory)."""
+    first: dict[tuple, str] = {}
     same: dict[str, str] = {}
     for name, key in keys.items():
-        for other, other_key in first.items():
-            if ((key == "h") == (other_key == "h")  # h is probed raw, z normalised: never shared
-                    and torch.equal(tr[key], tr[other_key]) and torch.equal(va[key], va[other_key])):
-                same[name] = other
-                break
+        fingerprint = (key == "h", _digest(tr[key]), _digest(va[key]))  # h is probed raw, z normalised: never shared
+        if fingerprint in first:
+            same[name] = first[fingerprint]
         else:
-            first[name] = key
+            first[fingerprint] = name
     return same
+
+
+def _digest(t: torch.Tensor) -> str:
+    t = t.contiguous()
+    h = hashlib.blake2b(f"{t.dtype}|{tuple(t.shape)}|".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().data if t.numel() else b"")
+    return h.hexdigest()
 
 
 def _put(section: dict, name: str, value) -> None:
@@ -223,19 +241,21 @@ def evaluate_run(run: LoadedRun, s: EvalSettings, given_files: list[Path], cache
 
     cls_keys = {"features": "h"} | {f"{m}@{c}": f"z.{m}.{c}"
                                     for m in s.modes for c in sorted({min(s.lengths), max(s.lengths)})}
-    n_tr, v_tr = tr["h"].shape[:2]
-    n_va, v_va = va["h"].shape[:2]
-    # ---- equivariance: the published R² probes, all embeddings at once (paper_probes.py) -----------------
-    with track(progress, "R² probes (published protocol)", s.probe_epochs) as bar:
-        t0 = time.perf_counter()
+    n_tr, v_tr = shape_of(tr, "h")[:2]
+    n_va, v_va = shape_of(va, "h")[:2]
+    lat_tr, lat_va = tr["latents"].numpy(), va["latents"].numpy()
+    # ---- equivariance: the published R² probes, in groups of embeddings that fit memory (paper_probes.py) --
+    t0 = time.perf_counter()
+    same_as = identical_embeddings(tr, va, keys)  # c = 0 is the same z in every mode: one probe serves all
+    probed = {name: key for name, key in keys.items() if name not in same_as}
+    budget = int(s.probe_memory_gb * 2**30)
+    groups = probe_groups([nbytes_of(tr, key) + nbytes_of(va, key) for key in probed.values()], budget)
+    with track(progress, "R² probes (published protocol)", s.probe_epochs * len(groups)) as bar:
         va_pairs = eval_pairs(n_va, v_va, s.pairs_per_object, s.pair_seed + 1)
-        same_as = identical_embeddings(tr, va, keys)  # c = 0 is the same z in every mode: one probe serves all
-        probed = {name: key for name, key in keys.items() if name not in same_as}
-        fitted = fit_paper_probes({name: tr[key] for name, key in probed.items()}, tr["latents"].numpy(),
-                                  {name: va[key] for name, key in probed.items()}, va["latents"].numpy(), va_pairs,
+        fitted = fit_paper_probes(_Renamed(tr, probed), lat_tr, _Renamed(va, probed), lat_va, va_pairs,
                                   {name: key != "h" for name, key in probed.items()},
                                   PaperProbeSettings(s.probe_epochs, schema=schema), device=str(run.device),
-                                  on_epoch=lambda e: bar.advance(1, f"epoch {e}"))
+                                  on_epoch=lambda e: bar.advance(1, f"epoch {e}"), group_bytes=budget)
         probe_meta = fitted.pop("_meta") | {"shared_probes": same_as}
         fitted |= {name: fitted[first] for name, first in same_as.items()}
         fitted = {name: fitted[name] for name in keys}  # report order
@@ -252,11 +272,12 @@ def evaluate_run(run: LoadedRun, s: EvalSettings, given_files: list[Path], cache
     n_stages = len(keys) + len(s.modes) * len(s.lengths) + len(cls_keys)
     with track(progress, "retrieval and top-1", n_stages) as bar:
         # ---- variance share: how much of each embedding the factor occupies (fit on train, report on val)
-        f_tr, f_va = factor_features(tr["latents"].numpy(), schema), factor_features(va["latents"].numpy(), schema)
-        for name, key in keys.items():
+        f_tr, f_va = factor_features(lat_tr, schema), factor_features(lat_va, schema)
+        for name, key in keys.items():  # one embedding in memory at a time (tr, va read lazily)
             e_tr = tr[key].reshape(n_tr * v_tr, -1).numpy()
             e_va = va[key].reshape(n_va * v_va, -1).numpy()
             _put(report["share"], name, {f: variance_share(e_tr, f_tr[f], e_va, f_va[f]) for f in factors})
+            del e_tr, e_va
 
         # ---- retrieval on val: query = view 0 with the action 0 -> j; gallery = the object's views ---------
         t0 = time.perf_counter()
@@ -320,6 +341,29 @@ def evaluate_run(run: LoadedRun, s: EvalSettings, given_files: list[Path], cache
     if len(shown) >= 2 and all(f"q.{f}.{max(s.lengths)}" in va for f in shown):
         report["meta"]["retrieval_examples"] = retrieval_examples(va, shown, max(s.lengths))
     return report
+
+
+class _Renamed(Mapping):
+    """{name: tensors[key]} for {name: key} in `names`, read on access (a view, not a copy)."""
+
+    def __init__(self, tensors, names: dict[str, str]):
+        self.tensors, self.names = tensors, names
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return shape_of(self.tensors, self.names[name])
+
+    def dtype(self, name: str) -> torch.dtype:
+        t, key = self.tensors, self.names[name]
+        return t.dtype(key) if callable(getattr(t, "dtype", None)) else t[key].dtype
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.tensors[self.names[name]]
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
 
 
 @dataclass

@@ -76,6 +76,18 @@ def _standardiser(x: torch.Tensor):
     return mean, torch.where(std > 1e-8, std, torch.ones_like(std))
 
 
+class _Standardise(nn.Module):
+    """x -> (x - mean) / std with fixed train statistics (no parameters)."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
 def _linear(in_dim: int, out_dim: int, g: torch.Generator) -> nn.Linear:
     """nn.Linear with PyTorch's default init U(-1/sqrt(fan_in), 1/sqrt(fan_in)), drawn from `g`."""
     layer = nn.Linear(in_dim, out_dim)
@@ -132,9 +144,9 @@ def linear_probe_top1(train_x, train_y, val_x, val_y, n_classes, settings: Probe
     if len(x_tr) != len(y_tr) or len(x_va) != len(y_va) or len(x_va) == 0:
         raise ValueError("linear_probe_top1 needs non-empty features with one label each")
     mean, std = _standardiser(x_tr)
-    x_tr, x_va = (x_tr - mean) / std, (x_va - mean) / std
     g = torch.Generator().manual_seed(settings.seed)
-    model = _linear(x_tr.shape[1], int(n_classes), g).to(dev)
+    # standardised batch by batch inside the model: no standardised copy of the train split (8 GB at 3DIEBench)
+    model = nn.Sequential(_Standardise(mean, std), _linear(x_tr.shape[1], int(n_classes), g)).to(dev)
     s = settings
     _train(model, x_tr, y_tr, nn.functional.cross_entropy, s.cls_epochs, s.cls_lr, s.cls_weight_decay,
            s.cls_batch_size, g)
