@@ -325,26 +325,26 @@ def encode_views(run: LoadedRun, split_name: str, obj: np.ndarray, view: np.ndar
     batch_size = check_batch_size(batch_size, "batch size")
     split = run.split(split_name)
     mean, std = run.meta.get("mean", run.data.mean), run.meta.get("std", run.data.std)
-    out = []
+    out = torch.empty(len(obj), run.model.feature_dim)  # filled batch by batch: no list + cat (2x the split)
     with track(progress, label, len(obj), unit="img") as bar:
         for s in range(0, len(obj), batch_size):
             imgs = split.images(obj[s:s + batch_size], view[s:s + batch_size]).to(run.device, non_blocking=True)
             x = to_model_input(imgs, mean, std, run.resolution)
             with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.device.type == "cuda"):
                 h = run.model.encode(x)
-            out.append(h.float().cpu())
+            out[s:s + len(x)] = h.float().cpu()
             bar.advance(len(x))
-    return torch.cat(out) if out else torch.zeros(0, run.model.feature_dim)
+    return out
 
 
 @torch.no_grad()
 def _queries(run: LoadedRun, h: torch.Tensor, action: torch.Tensor | None, cache, batch: int) -> torch.Tensor:
-    outs = []
+    out = torch.empty(h.shape[0], run.model.feature_dim)  # filled chunk by chunk: no list + cat (2x the split)
     for s in range(0, h.shape[0], batch):
         hq = h[s:s + batch].to(run.device)
         aq = action[s:s + batch].to(run.device) if action is not None else None
-        outs.append(F.normalize(run.model.embed_queries(hq, aq, cache).float(), dim=-1).cpu())
-    return torch.cat(outs) if outs else torch.zeros(0, run.model.feature_dim)
+        out[s:s + len(hq)] = F.normalize(run.model.embed_queries(hq, aq, cache).float(), dim=-1).cpu()
+    return out
 
 
 def embed_split(run: LoadedRun, split_name: str, modes: list[str], lengths: list[int], context: Context,

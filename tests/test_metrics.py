@@ -195,3 +195,7 @@ def test_knn_does_not_depend_on_the_test_batch():
     x_tr, x_te = rng.normal(size=(500, 8)), rng.normal(size=(90, 8))
     y_tr, y_te = rng.integers(0, 3, 500), rng.integers(0, 3, 90)
     assert knn_top1(x_tr, y_tr, x_te, y_te, k=20) == knn_top1(x_tr, y_tr, x_te, y_te, k=20, batch=7)
+    mine = x_tr.astype(np.float32)
+    expect = knn_top1(mine.copy(), y_tr, x_te, y_te, k=20)
+    assert knn_top1(mine, y_tr, x_te, y_te, k=20, overwrite_train=True) == expect  # normalised in place, same votes
+    assert np.allclose(np.linalg.norm(mine, axis=1), 1.0, atol=1e-6)  # (what the caller handed over was used up)

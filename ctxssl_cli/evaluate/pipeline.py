@@ -303,7 +303,7 @@ def evaluate_run(run: LoadedRun, s: EvalSettings, given_files: list[Path], cache
             xva = va[key].reshape(n_va * v_va, -1).numpy()
             top1 = linear_probe_top1(xtr, y_tr, xva, y_va, n_classes, s.probe, device=str(run.device))
             knn = knn_top1(xtr, y_tr, xva, y_va, k=s.knn_k, temperature=s.knn_t, n_classes=n_classes,
-                           device=str(run.device))
+                           device=str(run.device), overwrite_train=isinstance(tr, LazyTensors))  # a fresh copy
             _put(report["top1"], name, top1)
             _put(report["knn"], name, knn)
             bar.advance(1, f"top-1 {name}")
