@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 import sklearn.metrics
 
 from ctxssl_cli.evaluate.metrics import knn_top1, mrr_hits, r2_score, retrieval_ranks, variance_share
@@ -200,18 +199,3 @@ def test_knn_does_not_depend_on_the_test_batch():
     expect = knn_top1(mine.copy(), y_tr, x_te, y_te, k=20)
     assert knn_top1(mine, y_tr, x_te, y_te, k=20, overwrite_train=True) == expect  # normalised in place, same votes
     assert np.allclose(np.linalg.norm(mine, axis=1), 1.0, atol=1e-6)  # (what the caller handed over was used up)
-
-
-def test_knn_with_a_chunked_train_side_equals_one_block():
-    """The running top-k over train chunks (bounded memory at 3DIEBench's 2 M train views) votes as one block."""
-    rng = np.random.default_rng(5)
-    x_tr, x_te = rng.normal(size=(700, 8)), rng.normal(size=(60, 8))
-    y_tr, y_te = rng.integers(0, 4, 700), rng.integers(0, 4, 60)
-    whole = knn_top1(x_tr, y_tr, x_te, y_te, k=30)
-    for chunk in (1, 29, 64, 699, 700):
-        assert knn_top1(x_tr, y_tr, x_te, y_te, k=30, train_chunk=chunk) == whole, chunk
-    from ctxssl_cli.evaluate.metrics import _topk_chunked
-    q, x = torch.randn(5, 8), torch.randn(103, 8)
-    v, i = _topk_chunked(q, x, 7, 10)
-    ev, ei = (q @ x.T).topk(7, dim=1)
-    assert torch.allclose(v, ev) and torch.equal(i, ei)

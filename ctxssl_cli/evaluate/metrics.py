@@ -128,8 +128,7 @@ def mrr_hits(ranks: np.ndarray, ks=(1, 2, 5, 10)) -> dict[str, float]:
 
 
 def knn_top1(train_x, train_y, test_x, test_y, k: int = 200, temperature: float = 0.1,
-             n_classes: int | None = None, batch: int = 1024, device="cpu", overwrite_train: bool = False,
-             train_chunk: int = 65536) -> float:
+             n_classes: int | None = None, batch: int = 1024, device="cpu", overwrite_train: bool = False) -> float:
     """Weighted k-nearest-neighbour top-1 accuracy (Wu et al. 2018, InstDisc; as DINO evaluates).
 
     Features are L2-normalised; each test sample takes its k most cosine-similar train samples (k clipped
@@ -155,13 +154,13 @@ def knn_top1(train_x, train_y, test_x, test_y, k: int = 200, temperature: float 
     if n_classes is None:
         n_classes = int(max(ytr.max().item(), yte.max().item())) + 1
     k = min(k, len(xtr))
-    # the train side in chunks of `train_chunk` rows with a running top-k, so the similarity block stays (batch,
-    # train_chunk) (256 MB) however many train samples there are (3DIEBench's 2 M train views would make one
-    # (1024, N) block 8.6 GB), and every test batch still reads the train embeddings once
+    # the (batch, N_train) similarity block bounded to ~256 MB: 1,024 test samples up to 65,536 train samples (the
+    # demo), fewer beyond (3DIEBench's 2 M train views would make it 8.6 GB)
+    batch = max(1, min(batch, (1 << 26) // len(xtr)))
     correct = 0
     for s in range(0, len(xte), batch):
         q = torch.nn.functional.normalize(xte[s:s + batch].to(dev), dim=1)  # (b, D)
-        sim, idx = _topk_chunked(q, xtr, k, train_chunk)  # (b, k)
+        sim, idx = (q @ xtr.T).topk(k, dim=1)  # (b, k)
         votes = torch.zeros(len(q), n_classes, device=dev, dtype=torch.float64)
         votes.scatter_add_(1, ytr[idx], (sim.double() / temperature).exp())  # (b, C)
         pred = votes.argmax(1).cpu()  # first maximum on ties
@@ -169,22 +168,8 @@ def knn_top1(train_x, train_y, test_x, test_y, k: int = 200, temperature: float 
     return correct / len(xte)
 
 
-def _topk_chunked(q: torch.Tensor, xtr: torch.Tensor, k: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(q @ xtr.T).topk(k, dim=1), computed over `chunk` train rows at a time: (b, k) values and train indices."""
-    best_sim = best_idx = None
-    for c in range(0, len(xtr), chunk):
-        sim = q @ xtr[c:c + chunk].T  # (b, chunk)
-        if best_sim is not None:
-            sim = torch.cat([best_sim, sim], dim=1)  # (b, k + chunk): the running top-k first
-        top_sim, top = sim.topk(min(k, sim.shape[1]), dim=1)
-        offsets = torch.arange(c, c + chunk, device=q.device)[None].expand(len(q), -1)
-        cand = offsets if best_idx is None else torch.cat([best_idx, offsets], dim=1)
-        best_sim, best_idx = top_sim, cand.gather(1, top)
-    return best_sim, best_idx
-
-
 def variance_share(train_e: np.ndarray, train_f: np.ndarray, test_e: np.ndarray, test_f: np.ndarray,
-                   chunk: int = 16384) -> float:
+                   chunk: int = 65536) -> float:
     """Fraction of an embedding's variance that a latent factor explains linearly (out of sample).
 
     A least-squares map with intercept from the factor's features f (N, K) to the embedding e (N, F) is fit on
