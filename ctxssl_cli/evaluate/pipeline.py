@@ -10,7 +10,6 @@ The factors probed, the context modes and the per-view factor features follow th
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Mapping
@@ -21,6 +20,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ctxssl_cli.checkpoint import content_hash_items
 from ctxssl_cli.data.actions import absolute_factors_for
 from ctxssl_cli.data.schema import VIEWS3D, ActionSchema
 from ctxssl_cli.embed import (Context, ProgressFactory, cache_key, check_batch_size, check_context_covers,
@@ -205,10 +205,7 @@ def identical_embeddings(tr, va, keys: dict[str, str]) -> dict[str, str]:
 
 
 def _digest(t: torch.Tensor) -> str:
-    t = t.contiguous()
-    h = hashlib.blake2b(f"{t.dtype}|{tuple(t.shape)}|".encode())
-    h.update(t.reshape(-1).view(torch.uint8).numpy().data if t.numel() else b"")
-    return h.hexdigest()
+    return content_hash_items([("t", t)])  # checkpoint.py's hash of a tensor's dtype, shape and bytes
 
 
 def _put(section: dict, name: str, value) -> None:
