@@ -21,8 +21,9 @@ Embeddings file (safetensors):
                     context_source (its one-line label); both are part of the cache key; augment2d also
                     virtual_views (JSON of AugmentedViews.describe(), part of the cache key)
 
-A file is written tensor by tensor as the tensors are made and read back one tensor at a time (tensorfile.py),
-so neither `embed` nor `evaluate` holds a whole split's embeddings: at 3DIEBench scale they are tens of GB.
+A file is written as the tensors are made (h whole, each z and q in pieces of queries) and read back one tensor
+at a time (tensorfile.py), so `embed` holds the split's h and `evaluate` one embedding, never a whole split's
+embeddings: at 3DIEBench scale they are tens of GB.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import json
 import math
 import os
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +51,7 @@ from ctxssl_cli.data.pairs import to_model_input
 from ctxssl_cli.data.schema import INVARIANT, SCHEMAS, VIEWS3D, ActionSchema, revealed_mask
 from ctxssl_cli.errors import CtxsslError
 from ctxssl_cli.runs import LoadedRun
-from ctxssl_cli.tensorfile import StreamWriter
+from ctxssl_cli.tensorfile import StreamWriter, TensorDict
 
 PROTOCOL_VERSION = "1"
 NONE_MODE = "none"  # the context mode that zeroes every action
@@ -338,23 +339,26 @@ def encode_views(run: LoadedRun, split_name: str, obj: np.ndarray, view: np.ndar
 
 
 @torch.no_grad()
-def _queries(run: LoadedRun, h: torch.Tensor, action: torch.Tensor | None, cache, batch: int) -> torch.Tensor:
-    out = torch.empty(h.shape[0], run.model.feature_dim)  # filled chunk by chunk: no list + cat (2x the split)
-    for s in range(0, h.shape[0], batch):
-        hq = h[s:s + batch].to(run.device)
+def _query_pieces(run: LoadedRun, h: torch.Tensor, action: torch.Tensor | None, cache, batch: int,
+                  rows: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
+    """The L2-normalised outputs of query tokens [h[rows], action] attending to `cache`, `batch` queries at a
+    time, float32 on the CPU: a generator, so a writer stores each piece as it is made and the split's outputs
+    are never whole in memory. rows: h's row of each query (default: every row of h in order)."""
+    total = h.shape[0] if rows is None else len(rows)
+    for s in range(0, total, batch):
+        hq = (h[s:s + batch] if rows is None else h[rows[s:s + batch]]).to(run.device)
         aq = action[s:s + batch].to(run.device) if action is not None else None
-        out[s:s + len(hq)] = F.normalize(run.model.embed_queries(hq, aq, cache).float(), dim=-1).cpu()
-    return out
+        yield F.normalize(run.model.embed_queries(hq, aq, cache).float(), dim=-1).cpu()
 
 
 def embed_split(run: LoadedRun, split_name: str, modes: list[str], lengths: list[int], context: Context,
                 views_per_object: int | None = None, retrieval: bool = False, batch_size: int = 256,
                 seed: int = 0, progress: ProgressFactory | None = None) -> dict[str, torch.Tensor]:
     """All tensors of an embeddings file for one split (see the module docstring), in memory."""
-    tensors: dict[str, torch.Tensor] = {}
-    embed_split_into(tensors.__setitem__, run, split_name, modes, lengths, context, views_per_object, retrieval,
-                     batch_size, seed, progress)
-    return tensors
+    tensors = TensorDict()
+    embed_split_into(tensors, run, split_name, modes, lengths, context, views_per_object, retrieval, batch_size,
+                     seed, progress)
+    return dict(tensors)
 
 
 def n_tensors(modes: list[str], lengths: list[int], retrieval: bool) -> int:
@@ -362,13 +366,14 @@ def n_tensors(modes: list[str], lengths: list[int], retrieval: bool) -> int:
     return 1 + len(modes) * len(lengths) * (2 if retrieval else 1) + 4
 
 
-def embed_split_into(sink: Callable[[str, torch.Tensor], None], run: LoadedRun, split_name: str, modes: list[str],
+def embed_split_into(out: StreamWriter | TensorDict, run: LoadedRun, split_name: str, modes: list[str],
                      lengths: list[int], context: Context, views_per_object: int | None = None,
                      retrieval: bool = False, batch_size: int = 256, seed: int = 0,
                      progress: ProgressFactory | None = None) -> None:
-    """Hand every tensor of an embeddings file for one split to `sink(name, tensor)` as soon as it is made, and
-    keep none of them: at most h, one z and (for retrieval) view 0's h and one q are in memory at once, so a
-    StreamWriter sink writes a split larger than memory.
+    """Write every tensor of an embeddings file for one split into `out` (a tensorfile.StreamWriter, or a
+    TensorDict in memory) as it is made: h whole, each z and q in pieces of 4 x batch_size queries (so a
+    StreamWriter never holds more of the split than h), z at c = 0 (no context: the same in every mode) computed
+    once and copied.
 
     `progress` makes a tracker per stage (encoding the split, then the contexts); see ProgressFactory."""
     check_context_covers(context, lengths)
@@ -389,31 +394,35 @@ def embed_split_into(sink: Callable[[str, torch.Tensor], None], run: LoadedRun, 
                          np.concatenate([context.view_a[:c_max], context.view_b[:c_max]]), batch_size)  # (2c, F)
     ctx_hx, ctx_hy = ctx_h[:c_max].to(run.device), ctx_h[c_max:].to(run.device)
     ctx_action = torch.as_tensor(context.action[:c_max]).to(run.device)
-    sink("h", h.reshape(n, v, -1))
+    shape = (n, v, h.shape[1])
+    out.add("h", h.reshape(shape))
     if retrieval:
         lat = split.latents[:, views]  # (n, v, L)
         rel = relative_action_for(run.schema, np.repeat(lat[:, :1], v, axis=1), lat,
                                   canonical=run.spec.data.canonical_quat)  # (n, v, A)
         q_action = torch.as_tensor(rel.reshape(n * v, -1))  # view 0 -> view j, for every j
-        h0 = h.reshape(n, v, -1)[:, 0].repeat_interleave(v, dim=0)  # (n*v, F): view 0 repeated
+        view0 = torch.arange(n).repeat_interleave(v) * v  # h's row of view 0 of each query's object
+    step = 4 * batch_size
     with track(progress, f"contexts {split_name}", len(modes) * len(lengths)) as bar:
         for c in lengths:
             k = c // 2
-            z_free = None  # c = 0: no context, so z (zero-action queries) is the same in every mode: made once
+            free = None  # c = 0: no context, so z (zero-action queries) is the same in every mode: made once
             for mode in modes:
                 keep = mode_mask(mode, run.action_dim, run.device, schema=run.schema)
                 cache = run.model.build_context(ctx_hx[:k], ctx_hy[:k], ctx_action[:k] * keep)
-                z = z_free if z_free is not None else _queries(run, h, None, cache, 4 * batch_size).reshape(n, v, -1)
-                z_free = z if c == 0 else None
-                sink(f"z.{mode}.{c}", z)
+                if free is not None:
+                    out.add_copy(f"z.{mode}.{c}", free)
+                else:
+                    out.add_pieces(f"z.{mode}.{c}", shape, torch.float32, _query_pieces(run, h, None, cache, step))
+                    free = f"z.{mode}.{c}" if c == 0 else None
                 if retrieval:
-                    qa = q_action * keep.cpu()
-                    sink(f"q.{mode}.{c}", _queries(run, h0, qa, cache, 4 * batch_size).reshape(n, v, -1))
+                    out.add_pieces(f"q.{mode}.{c}", shape, torch.float32,
+                                   _query_pieces(run, h, q_action * keep.cpu(), cache, step, rows=view0))
                 bar.advance(1, f"{mode}@{c}")
-    sink("latents", torch.as_tensor(split.latents[:, views].copy()))
-    sink("labels", torch.as_tensor(split.labels.astype(np.int64)))
-    sink("objects", torch.arange(n, dtype=torch.int64))
-    sink("views", torch.as_tensor(views.astype(np.int64)))
+    out.add("latents", torch.as_tensor(split.latents[:, views].copy()))
+    out.add("labels", torch.as_tensor(split.labels.astype(np.int64)))
+    out.add("objects", torch.arange(n, dtype=torch.int64))
+    out.add("views", torch.as_tensor(views.astype(np.int64)))
 
 
 def embeddings_metadata(run: LoadedRun, split: str, modes, lengths, context: Context, retrieval: bool,
@@ -457,14 +466,14 @@ def cache_key(meta: dict[str, str]) -> str:
 
 def save_embeddings(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
     """Write an embeddings file from tensors in memory (see embedding_writer for one made tensor by tensor)."""
-    with embeddings_writer(path, meta, len(tensors)) as add:
+    with embeddings_writer(path, meta, len(tensors)) as w:
         for name, t in tensors.items():
-            add(name, t)
+            w.add(name, t)
 
 
 @contextlib.contextmanager
 def embeddings_writer(path: Path, meta: dict[str, str], max_tensors: int):
-    """`with embeddings_writer(path, meta, n) as add: add(name, tensor) ...`: an embeddings file written tensor
+    """`with embeddings_writer(path, meta, n) as w: w.add(name, tensor) ...`: an embeddings file written tensor
     by tensor (tensorfile.StreamWriter), sealed with its content_sha256 and moved into place only when the block
     ends without an error; a failure or Ctrl-C leaves no temp file and no half-written target. An OSError (a
     full disk, a read-only file system) propagates with the target's name as its filename, for cli/app.py's
@@ -475,7 +484,7 @@ def embeddings_writer(path: Path, meta: dict[str, str], max_tensors: int):
     except OSError as e:
         raise CtxsslError(f"cannot make the folder of {path} ({e.strerror or e})", "choose another --out") from None
     with StreamWriter(path, meta, max_tensors) as w:
-        yield w.add
+        yield w
 
 
 def load_embeddings(path: Path) -> tuple[Mapping[str, torch.Tensor], dict[str, str]]:
@@ -553,12 +562,8 @@ def embed_run(checkpoint: Path, data: Path | None, device: str, settings: EmbedS
     target = check_out_file(target)
     log(f"checkpoint: {run.checkpoint} (step {run.step})  data: {run.data.root}  split: {settings.split}")
     log(f"context: {context.label()}")
-    shapes = {}
-    with embeddings_writer(target, meta, n_tensors(modes, lengths, settings.retrieval)) as add:
-        def keep_shape(name, t):
-            shapes[name] = tuple(t.shape)
-            add(name, t)
-        embed_split_into(keep_shape, run, settings.split, modes, lengths, context, vpo, settings.retrieval,
+    with embeddings_writer(target, meta, n_tensors(modes, lengths, settings.retrieval)) as w:
+        embed_split_into(w, run, settings.split, modes, lengths, context, vpo, settings.retrieval,
                          settings.batch_size, progress=progress)
-    n, v, f = shapes["h"]
+    n, v, f = w.entries["h"]["shape"]
     return EmbedResult(target, (n, v, f), modes, lengths, context, run)

@@ -5,7 +5,8 @@ An embeddings file of 3DIEBench (SPEC §4) holds an (objects, 50, F) tensor per 
 `load_file` take and return every tensor at once; these two classes hold one:
 
 - `StreamWriter` writes tensors as they are made into a temp file (a header slot reserved at the front, the
-  tensors' bytes appended in arrival order), then fills in the header (the offsets, the metadata and the
+  tensors' bytes appended in arrival order; a tensor may come in pieces, written as they are made, or as a copy
+  of one already written, read back in chunks), then fills in the header (the offsets, the metadata and the
   content_sha256 of checkpoint.content_hash, computed by reading the tensors back one at a time in sorted-name
   order) and moves the file into place atomically. The result is an ordinary safetensors file: the JSON header
   is padded with spaces to the reserved size, as the format allows (its own writer pads to 8 bytes).
@@ -19,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -61,16 +62,50 @@ class StreamWriter:
         return self
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
+        t = tensor.detach()
+        self.add_pieces(name, tuple(t.shape), t.dtype, [t])
+
+    def add_pieces(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, pieces: Iterable[torch.Tensor]) -> None:
+        """Write tensor `name` of `shape` and `dtype` from consecutive pieces of its row-major bytes (e.g. row
+        blocks of its first axes), each written as it comes: the whole tensor is never in memory."""
         if name in self.entries:
             raise ValueError(f"tensor {name!r} written twice")
-        t = tensor.detach().cpu().contiguous()
-        if t.dtype not in NAMES:
-            raise ValueError(f"tensor {name!r}: dtype {t.dtype} cannot be stored")
-        data = _bytes_of(t)
-        self.f.write(data)
-        self.entries[name] = {"dtype": NAMES[t.dtype], "shape": list(t.shape),
-                              "data_offsets": [self.offset, self.offset + len(data)]}
-        self.offset += len(data)
+        if dtype not in NAMES:
+            raise ValueError(f"tensor {name!r}: dtype {dtype} cannot be stored")
+        size = math.prod(shape) * dtype.itemsize
+        written = 0
+        for piece in pieces:
+            if piece.dtype != dtype:
+                raise ValueError(f"tensor {name!r}: a piece of dtype {piece.dtype}, expected {dtype}")
+            data = _bytes_of(piece.detach().cpu().contiguous())
+            written += len(data)
+            if written > size:
+                raise ValueError(f"tensor {name!r}: its pieces exceed the {size} bytes of shape {list(shape)}")
+            self.f.write(data)
+        if written != size:
+            raise ValueError(f"tensor {name!r}: its pieces hold {written} of the {size} bytes of shape {list(shape)}")
+        self.entries[name] = {"dtype": NAMES[dtype], "shape": list(shape),
+                              "data_offsets": [self.offset, self.offset + size]}
+        self.offset += size
+
+    def add_copy(self, name: str, source: str, chunk_bytes: int = 64 << 20) -> None:
+        """Write tensor `name` as a copy of the already written `source`, read back from the file in chunks."""
+        if chunk_bytes <= 0 or chunk_bytes % 8:
+            raise ValueError("chunk_bytes must be a positive multiple of 8")
+        e = self.entries[source]
+        begin, end = e["data_offsets"]
+        self.f.flush()
+
+        def pieces():
+            with open(self.tmp, "rb") as f:
+                f.seek(8 + self.reserved + begin)
+                for s in range(begin, end, chunk_bytes):
+                    buf = torch.empty(min(chunk_bytes, end - s), dtype=torch.uint8)
+                    if f.readinto(_bytes_of(buf)) != len(buf):
+                        raise OSError(f"{self.tmp} is truncated (tensor {source!r})")
+                    yield buf.view(DTYPES[e["dtype"]])
+
+        self.add_pieces(name, tuple(e["shape"]), DTYPES[e["dtype"]], pieces())
 
     def _finish(self) -> None:
         from ctxssl_cli.checkpoint import HASH_KEY, content_hash_items
@@ -97,6 +132,32 @@ class StreamWriter:
                 raise
         self.f.close()
         discard(self.tmp)
+
+
+class TensorDict(dict):
+    """{name: tensor} in memory with StreamWriter's add / add_pieces / add_copy, for code written against a
+    StreamWriter (embed.embed_split_into) when the tensors are wanted in memory."""
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        if name in self:
+            raise ValueError(f"tensor {name!r} written twice")
+        self[name] = tensor
+
+    def add_pieces(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, pieces: Iterable[torch.Tensor]) -> None:
+        out = torch.empty(shape, dtype=dtype)
+        flat, pos = out.view(-1), 0
+        for piece in pieces:
+            piece = piece.reshape(-1)
+            if pos + len(piece) > len(flat):
+                raise ValueError(f"tensor {name!r}: its pieces exceed shape {list(shape)}")
+            flat[pos:pos + len(piece)] = piece
+            pos += len(piece)
+        if pos != len(flat):
+            raise ValueError(f"tensor {name!r}: its pieces hold {pos} of the {len(flat)} values of shape {list(shape)}")
+        self.add(name, out)
+
+    def add_copy(self, name: str, source: str) -> None:
+        self.add(name, self[source])
 
 
 class LazyTensors(Mapping):

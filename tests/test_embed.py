@@ -113,3 +113,23 @@ def test_checkpoint_and_dataset_mismatch(run, tmp_path):
         load_run(run.checkpoint, tmp_path / "other", torch.device("cpu"))
     with pytest.raises(CtxsslError, match="split"):
         run.data.split("test")
+
+
+def test_a_streamed_file_holds_the_split_in_memory(run, tmp_path):
+    """embed_split_into a StreamWriter (z and q in pieces of 4 x batch_size queries, z at c = 0 copied within
+    the file) writes the tensors embed_split makes in memory; a retrieval query with no action revealed is its
+    object's view 0 (checks the view-0 gather behind q)."""
+    ctx = embed.default_context(run)
+    modes, lengths = ["rotation", "none"], [0, 2, 6]
+    mem = embed.embed_split(run, "val", modes, lengths, ctx, retrieval=True)  # one piece per tensor
+    path = tmp_path / "e.safetensors"
+    meta = embed.embeddings_metadata(run, "val", modes, lengths, ctx, True, None)
+    with embed.embeddings_writer(path, meta, embed.n_tensors(modes, lengths, True)) as w:
+        embed.embed_split_into(w, run, "val", modes, lengths, ctx, retrieval=True, batch_size=2)  # pieces of 8
+    back, _ = embed.load_embeddings(path)
+    assert set(back) == set(mem)
+    for k in mem:
+        assert back[k].dtype == mem[k].dtype and torch.allclose(back[k], mem[k], atol=1e-5), k
+    assert torch.equal(back["z.none.0"], back["z.rotation.0"])
+    q, z = back["q.none.6"], back["z.none.6"]
+    assert torch.allclose(q, z[:, :1].expand_as(q), atol=1e-5)

@@ -1,6 +1,7 @@
 """Metrics against independent naive computations: sklearn, loops, sorts."""
 
 import numpy as np
+import torch
 import pytest
 import sklearn.metrics
 
@@ -199,3 +200,21 @@ def test_knn_does_not_depend_on_the_test_batch():
     expect = knn_top1(mine.copy(), y_tr, x_te, y_te, k=20)
     assert knn_top1(mine, y_tr, x_te, y_te, k=20, overwrite_train=True) == expect  # normalised in place, same votes
     assert np.allclose(np.linalg.norm(mine, axis=1), 1.0, atol=1e-6)  # (what the caller handed over was used up)
+
+
+def test_knn_train_chunks_equal_one_block():
+    """The running top-k over train chunks keeps the one-block top-k: the same rows (no near-ties in random data),
+    similarities equal up to float32 rounding, so the same accuracy whatever the block size."""
+    from ctxssl_cli.evaluate.metrics import topk_similar
+
+    rng = np.random.default_rng(5)
+    x = torch.nn.functional.normalize(torch.as_tensor(rng.normal(size=(503, 16)), dtype=torch.float32), dim=1)
+    q = torch.nn.functional.normalize(torch.as_tensor(rng.normal(size=(40, 16)), dtype=torch.float32), dim=1)
+    want_sim, want_idx = (q @ x.T).topk(25, dim=1)
+    for chunk in (25, 26, 100, 502, 503, 10_000):
+        sim, idx = topk_similar(q, x, 25, chunk)
+        assert torch.equal(idx, want_idx) and torch.allclose(sim, want_sim, atol=1e-6, rtol=0)  # BLAS order
+    y_tr, y_te = rng.integers(0, 4, 503), rng.integers(0, 4, 40)
+    one = knn_top1(x.numpy(), y_tr, q.numpy(), y_te, k=25, block_values=1 << 30)
+    assert all(knn_top1(x.numpy(), y_tr, q.numpy(), y_te, k=25, batch=b, block_values=v) == one
+               for b, v in ((8, 8 * 30), (40, 40 * 101), (3, 1)))

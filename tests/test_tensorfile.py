@@ -82,3 +82,41 @@ def test_a_header_larger_than_reserved_is_refused_not_corrupted(tmp_path):
             for i in range(40):
                 w.add(f"tensor_with_a_long_name_{i:04d}", torch.ones(2, 3, 4))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_pieces_and_copies_write_the_same_file_as_whole_tensors(tmp_path):
+    """A tensor handed over in row blocks (add_pieces), or as a copy of one already written (add_copy, read back
+    in chunks smaller than the tensor), gives byte for byte the file that whole tensors give."""
+    from ctxssl_cli.tensorfile import TensorDict
+
+    tensors, meta = _tensors(), {"format": "ctxssl-test"}
+    whole = tmp_path / "whole.safetensors"
+    _write(whole, {**tensors, "copy": tensors["z.b.2"]}, meta)
+    pieced = tmp_path / "pieced.safetensors"
+
+    def fill(out, **copy_args):
+        for name, t in tensors.items():
+            if name == "z.b.2":
+                out.add_pieces(name, tuple(t.shape), t.dtype, iter(t.reshape(-1, 5).split(4)))  # 4 rows at a time
+            else:
+                out.add(name, t)
+        out.add_copy("copy", "z.b.2", **copy_args)
+
+    with StreamWriter(pieced, meta, len(tensors) + 1) as w:
+        fill(w, chunk_bytes=16)  # the copy read back 16 bytes at a time
+    mem = TensorDict()
+    fill(mem)
+    assert pieced.read_bytes() == whole.read_bytes()
+    assert set(mem) == set(tensors) | {"copy"} and all(torch.equal(mem[k], t) for k, t in tensors.items())
+    assert torch.equal(mem["copy"], tensors["z.b.2"])
+
+
+@pytest.mark.parametrize("pieces, why", [([torch.zeros(7)], "hold 28 of the 40 bytes"),
+                                         ([torch.zeros(10), torch.zeros(1)], "exceed the 40 bytes"),
+                                         ([torch.zeros(10, dtype=torch.float64)], "dtype torch.float64")])
+def test_pieces_that_do_not_fill_the_shape_leave_no_file(tmp_path, pieces, why):
+    path = tmp_path / "t.safetensors"
+    with pytest.raises(ValueError, match=why):
+        with StreamWriter(path, {"format": "ctxssl-test"}, 2) as w:
+            w.add_pieces("x", (2, 5), torch.float32, iter(pieces))
+    assert list(tmp_path.iterdir()) == []

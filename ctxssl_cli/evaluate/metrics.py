@@ -128,15 +128,19 @@ def mrr_hits(ranks: np.ndarray, ks=(1, 2, 5, 10)) -> dict[str, float]:
 
 
 def knn_top1(train_x, train_y, test_x, test_y, k: int = 200, temperature: float = 0.1,
-             n_classes: int | None = None, batch: int = 1024, device="cpu", overwrite_train: bool = False) -> float:
+             n_classes: int | None = None, batch: int = 1024, device="cpu", overwrite_train: bool = False,
+             block_values: int = 1 << 24) -> float:
     """Weighted k-nearest-neighbour top-1 accuracy (Wu et al. 2018, InstDisc; as DINO evaluates).
 
     Features are L2-normalised; each test sample takes its k most cosine-similar train samples (k clipped
     to the train size), each votes for its class with weight exp(sim / temperature); the class with the
     largest total wins (ties: the lower class index). No training, no sample dropped: the accuracy is over
-    every test sample. Runs on `device` in float32, `batch` test samples at a time (memory: batch x N_train).
-    Returns the accuracy in [0, 1]. `overwrite_train`: the caller hands train_x over (a float32 array or tensor
-    it no longer needs), so it is normalised in place instead of copied (at 3DIEBench's size the copy is 4 GB).
+    every test sample. Runs on `device` in float32, `batch` test samples at a time against the train samples in
+    chunks, keeping a running top-k (memory: a block of about `block_values` similarities, 64 MB, however many
+    train samples: one (1024, N) block of 3DIEBench's 2 M train views would be 8.6 GB; the train side is read
+    once per test batch). Returns the accuracy in [0, 1]. `overwrite_train`: the caller hands train_x over (a
+    float32 array or tensor it no longer needs), so it is normalised in place instead of copied (at 3DIEBench's
+    size the copy is 4 GB).
     """
     dev = torch.device(device)
     xtr = torch.as_tensor(np.asarray(train_x), dtype=torch.float32, device=dev)
@@ -154,13 +158,11 @@ def knn_top1(train_x, train_y, test_x, test_y, k: int = 200, temperature: float 
     if n_classes is None:
         n_classes = int(max(ytr.max().item(), yte.max().item())) + 1
     k = min(k, len(xtr))
-    # the (batch, N_train) similarity block bounded to ~256 MB: 1,024 test samples up to 65,536 train samples (the
-    # demo), fewer beyond (3DIEBench's 2 M train views would make it 8.6 GB)
-    batch = max(1, min(batch, (1 << 26) // len(xtr)))
+    chunk = max(k, block_values // batch)  # train rows per similarity block
     correct = 0
     for s in range(0, len(xte), batch):
         q = torch.nn.functional.normalize(xte[s:s + batch].to(dev), dim=1)  # (b, D)
-        sim, idx = (q @ xtr.T).topk(k, dim=1)  # (b, k)
+        sim, idx = topk_similar(q, xtr, k, chunk)  # (b, k)
         votes = torch.zeros(len(q), n_classes, device=dev, dtype=torch.float64)
         votes.scatter_add_(1, ytr[idx], (sim.double() / temperature).exp())  # (b, C)
         pred = votes.argmax(1).cpu()  # first maximum on ties
@@ -168,8 +170,26 @@ def knn_top1(train_x, train_y, test_x, test_y, k: int = 200, temperature: float 
     return correct / len(xte)
 
 
+def topk_similar(q: torch.Tensor, x: torch.Tensor, k: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q @ x.T).topk(k, dim=1) over `chunk` rows of x at a time: (b, k) values and row indices of x, in
+    descending order. Each chunk's own top-k is merged with the running one ((b, 2k) candidates), so memory is
+    one (b, chunk) block and a few (b, 2k) ones. The rows are those of the one-block top-k, the similarities
+    equal up to float32 rounding (BLAS may sum in another order for another block shape); among rows of equal
+    similarity at the k-th place, which ones are kept may differ."""
+    best = None
+    for c in range(0, len(x), chunk):
+        top_sim, top_idx = (q @ x[c:c + chunk].T).topk(min(k, len(x) - c), dim=1)
+        top_idx += c
+        if best is not None:
+            cand_sim, cand_idx = torch.cat([best[0], top_sim], dim=1), torch.cat([best[1], top_idx], dim=1)
+            top_sim, pick = cand_sim.topk(k, dim=1)
+            top_idx = cand_idx.gather(1, pick)
+        best = top_sim, top_idx
+    return best
+
+
 def variance_share(train_e: np.ndarray, train_f: np.ndarray, test_e: np.ndarray, test_f: np.ndarray,
-                   chunk: int = 65536) -> float:
+                   chunk: int = 16384) -> float:
     """Fraction of an embedding's variance that a latent factor explains linearly (out of sample).
 
     A least-squares map with intercept from the factor's features f (N, K) to the embedding e (N, F) is fit on

@@ -243,7 +243,7 @@ def fit_paper_probes(train, train_latents: np.ndarray, val, val_latents: np.ndar
                 on_epoch(epoch + 1)
         with torch.no_grad():
             preds = {f: [] for f in probes}
-            chunk = max(256, 2 ** 24 // (len(part) * PAPER_HIDDEN))  # bounded memory: ~64 MB per hidden layer
+            chunk = max(256, 2 ** 22 // (len(part) * PAPER_HIDDEN))  # bounded memory: ~16 MB per hidden layer
             for s in range(0, len(obj_va), chunk):
                 x = va.pairs(obj_va[s:s + chunk], w1[s:s + chunk], w2[s:s + chunk])
                 for f, m in probes.items():

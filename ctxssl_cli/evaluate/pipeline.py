@@ -117,8 +117,8 @@ def _embeddings(run: LoadedRun, split: str, s: EvalSettings, context: Context, g
         tensors, _ = load_embeddings(path)
         return tensors
     t0 = time.perf_counter()
-    with embeddings_writer(path, meta, n_tensors(s.modes, s.lengths, retrieval)) as add:  # nothing kept in memory
-        embed_split_into(add, run, split, s.modes, s.lengths, context, vpo, retrieval, s.batch_size, progress=progress)
+    with embeddings_writer(path, meta, n_tensors(s.modes, s.lengths, retrieval)) as w:  # nothing kept in memory
+        embed_split_into(w, run, split, s.modes, s.lengths, context, vpo, retrieval, s.batch_size, progress=progress)
     timings[f"embed_{split}_s"] = time.perf_counter() - t0
     return LazyTensors.open(path)[0]  # just written and sealed: read back tensor by tensor, unverified
 
@@ -287,6 +287,7 @@ def evaluate_run(run: LoadedRun, s: EvalSettings, given_files: list[Path], cache
                 owner = np.repeat(np.arange(n_va), len(j))  # query -> its object's gallery z[owner] (V, F)
                 ranks = retrieval_ranks(query, z, np.tile(j, n_va), gallery_of=owner)
                 report["mrr"].setdefault(m, {})[str(c)] = mrr_hits(ranks)
+                del z, q, query  # before the next pair is read
                 bar.advance(1, f"retrieval {m}@{c}")
         timings["retrieval_s"] = time.perf_counter() - t0
 
@@ -303,6 +304,7 @@ def evaluate_run(run: LoadedRun, s: EvalSettings, given_files: list[Path], cache
                            device=str(run.device), overwrite_train=isinstance(tr, LazyTensors))  # a fresh copy
             _put(report["top1"], name, top1)
             _put(report["knn"], name, knn)
+            del xtr, xva  # before the next embedding is read: one in memory at a time
             bar.advance(1, f"top-1 {name}")
         timings["classification_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
