@@ -48,21 +48,26 @@ def sync(device: torch.device) -> None:
 def compare(name: str, spec, data: PreparedDataset, device: torch.device, steps: int) -> float:
     torch.manual_seed(0)
     eager = build_model(spec, ACTION_DIM).to(device)
+    if device.type == "cuda":  # as the training loop sets up a CUDA run
+        eager.to(memory_format=torch.channels_last)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     twin = copy.deepcopy(eager)
     compiled = torch.compile(twin)
     sides = {"eager": (eager, eager, adam(eager.parameters(), lr=1e-4)),
              "compiled": (compiled, twin, adam(twin.parameters(), lr=1e-4))}
     sampler = PairSampler(data.split("train"), spec.train.batch_size, 0)
     info = DistInfo(rank=0, world_size=1, local_rank=0, device=device)
-    amp = torch.bfloat16 if device.type == "cuda" else None
+    amp = {"bf16": torch.bfloat16, "fp32": None}.get(spec.train.precision,
+                                                     torch.bfloat16 if device.type == "cuda" else None)
     n_seq = spec.train.batch_size // spec.pairs_per_seq
     res = spec.data.resolution or data.resolution
     times = {k: [] for k in sides}
     losses = {k: [] for k in sides}
 
-    def step(side: str, i: int) -> float:
+    def step(side: str, i: int) -> None:
         fwd, model, opt = sides[side]
-        batch = sampler.batch(0, i % sampler.steps_per_epoch)
+        batch = sampler.batch(0, i % sampler.steps_per_epoch).to(device, non_blocking=True)
         mask = step_mask(spec, i, n_seq, info, device)
         sync(device)
         t0 = time.perf_counter()

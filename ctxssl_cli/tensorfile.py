@@ -2,7 +2,7 @@
 
 An embeddings file of 3DIEBench (SPEC §4) holds an (objects, 50, F) tensor per context mode and length: about
 4.3 GB each for the train split at F = 512 in float32, tens of GB together. `safetensors.torch.save_file` and
-`load_file` take and return every tensor at once; these two classes hold one:
+`load_file` take and return every tensor at once; these classes hold one (or a piece of one):
 
 - `StreamWriter` writes tensors as they are made into a temp file (a header slot reserved at the front, the
   tensors' bytes appended in arrival order; a tensor may come in pieces, written as they are made, or as a copy
@@ -41,7 +41,8 @@ def _bytes_of(t: torch.Tensor) -> memoryview:
 
 
 class StreamWriter:
-    """Write a safetensors file tensor by tensor; `with StreamWriter(path, meta, max_tensors) as w: w.add(...)`.
+    """Write a safetensors file tensor by tensor; `with StreamWriter(path, meta, max_tensors) as w: w.add(...)`
+    (a whole tensor), `w.add_pieces(...)` (one made in pieces), `w.add_copy(...)` (a copy of one written).
 
     `meta` is the file's metadata (strings); content_sha256 is added on close. `max_tensors` bounds the
     header's size (it is reserved before the first tensor). Any exception inside the `with` leaves no file:
@@ -74,16 +75,21 @@ class StreamWriter:
             raise ValueError(f"tensor {name!r}: dtype {dtype} cannot be stored")
         size = math.prod(shape) * dtype.itemsize
         written = 0
-        for piece in pieces:
-            if piece.dtype != dtype:
-                raise ValueError(f"tensor {name!r}: a piece of dtype {piece.dtype}, expected {dtype}")
-            data = _bytes_of(piece.detach().cpu().contiguous())
-            written += len(data)
-            if written > size:
-                raise ValueError(f"tensor {name!r}: its pieces exceed the {size} bytes of shape {list(shape)}")
-            self.f.write(data)
-        if written != size:
-            raise ValueError(f"tensor {name!r}: its pieces hold {written} of the {size} bytes of shape {list(shape)}")
+        try:
+            for piece in pieces:
+                if piece.dtype != dtype:
+                    raise ValueError(f"tensor {name!r}: a piece of dtype {piece.dtype}, expected {dtype}")
+                data = _bytes_of(piece.detach().cpu().contiguous())
+                written += len(data)
+                if written > size:
+                    raise ValueError(f"tensor {name!r}: its pieces exceed the {size} bytes of shape {list(shape)}")
+                self.f.write(data)
+            if written != size:
+                raise ValueError(f"tensor {name!r}: its pieces hold {written} of the {size} bytes of shape {list(shape)}")
+        except BaseException:  # nothing of a failed tensor stays: the file ends at the last complete one
+            self.f.seek(8 + self.reserved + self.offset)
+            self.f.truncate()
+            raise
         self.entries[name] = {"dtype": NAMES[dtype], "shape": list(shape),
                               "data_offsets": [self.offset, self.offset + size]}
         self.offset += size
@@ -147,6 +153,8 @@ class TensorDict(dict):
         out = torch.empty(shape, dtype=dtype)
         flat, pos = out.view(-1), 0
         for piece in pieces:
+            if piece.dtype != dtype:
+                raise ValueError(f"tensor {name!r}: a piece of dtype {piece.dtype}, expected {dtype}")
             piece = piece.reshape(-1)
             if pos + len(piece) > len(flat):
                 raise ValueError(f"tensor {name!r}: its pieces exceed shape {list(shape)}")

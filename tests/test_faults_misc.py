@@ -24,6 +24,7 @@ from ctxssl_cli.data.prepared import PreparedDataset, is_prepared
 from ctxssl_cli.data.synthetic import prepare_synthetic
 from ctxssl_cli.errors import CtxsslError
 from ctxssl_cli.runs import load_run
+from ctxssl_cli.tensorfile import StreamWriter
 from ctxssl_cli.spec import load_spec
 from ctxssl_cli.train.dist import DistInfo
 from ctxssl_cli.train.loop import _worker_error, pretrain
@@ -293,4 +294,24 @@ def test_a_library_os_error_is_named_not_an_internal_error(fp32_run, tmp_path, m
     code, _, err = ctxssl(monkeypatch, capfd, "embed", "--checkpoint", fp32_run, "--context-length", 2,
                           "--out", out, "--device", "cpu")
     one_error_line(code, err, *DISK_ERRORS[errno.EROFS], str(tmp_path))
+    assert not out.exists() and no_temp_files(tmp_path) == []
+
+
+def test_a_full_disk_while_z_is_written_in_pieces(fp32_run, tmp_path, monkeypatch, capfd):
+    """embed writes each z in pieces as they are made (StreamWriter.add_pieces): a full disk part-way through a
+    z gives the one line naming the file, and neither the temp file nor the target stays."""
+    real = StreamWriter.add_pieces
+
+    def add_pieces(self, name, shape, dtype, pieces):
+        if not name.startswith("z."):
+            return real(self, name, shape, dtype, pieces)
+        next(iter(pieces))
+        self.f.write(b"partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(StreamWriter, "add_pieces", add_pieces)
+    out = tmp_path / "e.safetensors"
+    code, _, err = ctxssl(monkeypatch, capfd, "embed", "--checkpoint", fp32_run, "--context-length", 2,
+                          "--out", out, "--device", "cpu")
+    one_error_line(code, err, *DISK_ERRORS[errno.ENOSPC], str(tmp_path))
     assert not out.exists() and no_temp_files(tmp_path) == []

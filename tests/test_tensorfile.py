@@ -90,8 +90,9 @@ def test_pieces_and_copies_write_the_same_file_as_whole_tensors(tmp_path):
     from ctxssl_cli.tensorfile import TensorDict
 
     tensors, meta = _tensors(), {"format": "ctxssl-test"}
+    copies = {"copy.z": "z.b.2", "copy.h": "h", "copy.empty": "empty"}  # h: written third, at a non-zero offset
     whole = tmp_path / "whole.safetensors"
-    _write(whole, {**tensors, "copy": tensors["z.b.2"]}, meta)
+    _write(whole, {**tensors, **{c: tensors[src] for c, src in copies.items()}}, meta)
     pieced = tmp_path / "pieced.safetensors"
 
     def fill(out, **copy_args):
@@ -100,15 +101,16 @@ def test_pieces_and_copies_write_the_same_file_as_whole_tensors(tmp_path):
                 out.add_pieces(name, tuple(t.shape), t.dtype, iter(t.reshape(-1, 5).split(4)))  # 4 rows at a time
             else:
                 out.add(name, t)
-        out.add_copy("copy", "z.b.2", **copy_args)
+        for c, src in copies.items():
+            out.add_copy(c, src, **copy_args)
 
-    with StreamWriter(pieced, meta, len(tensors) + 1) as w:
-        fill(w, chunk_bytes=16)  # the copy read back 16 bytes at a time
+    with StreamWriter(pieced, meta, len(tensors) + len(copies)) as w:
+        fill(w, chunk_bytes=24)  # read back 24 bytes at a time: h's 120 bytes end on a short chunk
     mem = TensorDict()
     fill(mem)
     assert pieced.read_bytes() == whole.read_bytes()
-    assert set(mem) == set(tensors) | {"copy"} and all(torch.equal(mem[k], t) for k, t in tensors.items())
-    assert torch.equal(mem["copy"], tensors["z.b.2"])
+    assert set(mem) == set(tensors) | set(copies) and all(torch.equal(mem[k], t) for k, t in tensors.items())
+    assert all(torch.equal(mem[c], tensors[src]) for c, src in copies.items())
 
 
 @pytest.mark.parametrize("pieces, why", [([torch.zeros(7)], "hold 28 of the 40 bytes"),
@@ -120,3 +122,22 @@ def test_pieces_that_do_not_fill_the_shape_leave_no_file(tmp_path, pieces, why):
         with StreamWriter(path, {"format": "ctxssl-test"}, 2) as w:
             w.add_pieces("x", (2, 5), torch.float32, iter(pieces))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_tensor_leaves_nothing_behind_in_the_file(tmp_path):
+    """A tensor whose pieces fail part-way is cut off the temp file: a caller that goes on writes the same file
+    as one that never tried it. An in-memory TensorDict refuses a piece of another dtype, as the writer does."""
+    from ctxssl_cli.tensorfile import TensorDict
+
+    meta, a, b = {"format": "ctxssl-test"}, torch.arange(6.0), torch.ones(2, 3)
+    clean = tmp_path / "clean.safetensors"
+    _write(clean, {"a": a, "b": b}, meta, max_tensors=3)
+    tried = tmp_path / "tried.safetensors"
+    with StreamWriter(tried, meta, 3) as w:
+        w.add("a", a)
+        with pytest.raises(ValueError, match="exceed"):
+            w.add_pieces("bad", (2, 2), torch.float32, iter([torch.zeros(3), torch.zeros(3)]))
+        w.add("b", b)
+    assert tried.read_bytes() == clean.read_bytes()
+    with pytest.raises(ValueError, match="dtype torch.float64"):
+        TensorDict().add_pieces("x", (2,), torch.float32, iter([torch.zeros(2, dtype=torch.float64)]))

@@ -175,7 +175,9 @@ def topk_similar(q: torch.Tensor, x: torch.Tensor, k: int, chunk: int) -> tuple[
     descending order. Each chunk's own top-k is merged with the running one ((b, 2k) candidates), so memory is
     one (b, chunk) block and a few (b, 2k) ones. The rows are those of the one-block top-k, the similarities
     equal up to float32 rounding (BLAS may sum in another order for another block shape); among rows of equal
-    similarity at the k-th place, which ones are kept may differ."""
+    similarity at the k-th place, which ones are kept may differ. Needs 1 <= k <= len(x) and chunk >= k."""
+    if not 1 <= k <= len(x) or chunk < k:
+        raise ValueError(f"topk_similar needs 1 <= k <= {len(x)} rows and chunk >= k, got k = {k}, chunk = {chunk}")
     best = None
     for c in range(0, len(x), chunk):
         top_sim, top_idx = (q @ x[c:c + chunk].T).topk(min(k, len(x) - c), dim=1)

@@ -117,7 +117,7 @@ def _embeddings(run: LoadedRun, split: str, s: EvalSettings, context: Context, g
         tensors, _ = load_embeddings(path)
         return tensors
     t0 = time.perf_counter()
-    with embeddings_writer(path, meta, n_tensors(s.modes, s.lengths, retrieval)) as w:  # nothing kept in memory
+    with embeddings_writer(path, meta, n_tensors(s.modes, s.lengths, retrieval)) as w:  # written as made: h and a piece
         embed_split_into(w, run, split, s.modes, s.lengths, context, vpo, retrieval, s.batch_size, progress=progress)
     timings[f"embed_{split}_s"] = time.perf_counter() - t0
     return LazyTensors.open(path)[0]  # just written and sealed: read back tensor by tensor, unverified
