@@ -32,7 +32,7 @@ from torch import nn
 from ctxssl_cli.data.rotations import relative_action
 from ctxssl_cli.data.schema import COLOR, ROTATION
 from ctxssl_cli.devices import resolve_device
-from ctxssl_cli.embed import default_context
+from ctxssl_cli.context_pairs import default_context
 from ctxssl_cli.evaluate.metrics import R2_KINDS, r2_score
 from ctxssl_cli.evaluate.paper_probes import PaperProbeSettings, fit_paper_probes
 from ctxssl_cli.evaluate.pipeline import EvalSettings, _embeddings

@@ -23,11 +23,11 @@ import torch
 from ctxssl_cli.checkpoint import content_hash_items
 from ctxssl_cli.data.actions import absolute_factors_for
 from ctxssl_cli.data.schema import VIEWS3D, ActionSchema
-from ctxssl_cli.embed import (Context, ProgressFactory, cache_key, check_batch_size, check_context_covers,
-                              check_float, check_int, check_lengths, check_mode_names, check_modes,
-                              context_from_description, default_context, default_lengths, describe_context,
-                              embed_split_into, embeddings_metadata, embeddings_writer, load_embeddings, n_tensors,
-                              track, virtual_views)
+from ctxssl_cli.context_pairs import (Context, check_context_covers, context_from_description, default_context,
+                                     describe_context)
+from ctxssl_cli.embed import (ProgressFactory, cache_key, check_batch_size, check_float, check_int, check_lengths,
+                              check_mode_names, check_modes, default_lengths, embed_split_into, embeddings_metadata,
+                              embeddings_writer, load_embeddings, n_tensors, track, virtual_views)
 from ctxssl_cli.errors import CtxsslError
 from ctxssl_cli.evaluate.factors import probe_description
 from ctxssl_cli.evaluate.metrics import knn_top1, mrr_hits, retrieval_ranks, variance_share
