@@ -228,3 +228,26 @@ def test_aux_target_encodings():
     assert torch.allclose(aux_target(t6, load_spec("demo")), t6)  # the paper's encoding is the 6-d latent itself
     assert aux_revealed("rotation", spec, "cpu").tolist() == [True] * 9 + [False] * 4
     assert aux_revealed("color", spec, "cpu").tolist() == [False] * 9 + [True] * 4
+
+
+def test_the_fused_adam_is_the_per_tensor_adam():
+    """schedule.adam uses the fused kernel (CPU and CUDA): the same update as PyTorch's per-tensor Adam, weight decay
+    included, to float32 rounding, over several steps."""
+    from ctxssl_cli.schedule import adam
+
+    g = torch.Generator().manual_seed(0)
+    init = [torch.randn(5, 3, generator=g), torch.randn(7, generator=g)]
+    grads = [[torch.randn(p.shape, generator=g) for p in init] for _ in range(4)]
+    params = {}
+    for fused in (True, False):
+        ps = [torch.nn.Parameter(p.clone()) for p in init]
+        opt = adam(ps, lr=1e-2, weight_decay=1e-3) if fused else torch.optim.Adam(
+            ps, lr=1e-2, betas=(0.9, 0.999), weight_decay=1e-3, foreach=False, fused=False)
+        assert bool(opt.defaults["fused"]) == fused
+        for step in grads:
+            for p, gr in zip(ps, step):
+                p.grad = gr.clone()
+            opt.step()
+        params[fused] = [p.detach() for p in ps]
+    assert all(torch.allclose(a, b, rtol=0, atol=1e-6) for a, b in zip(params[True], params[False]))
+    assert not torch.allclose(params[True][0], init[0])  # it moved
