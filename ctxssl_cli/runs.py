@@ -14,6 +14,7 @@ import torch
 from ctxssl_cli.checkpoint import load_checkpoint, restore_model
 from ctxssl_cli.data.prepared import PreparedDataset
 from ctxssl_cli.data.schema import ActionSchema, check_same_schema, schema_from_manifest, schema_of_run
+from ctxssl_cli.data.augment2d import settings_from
 from ctxssl_cli.data.virtual_views import evaluation_split
 from ctxssl_cli.errors import CtxsslError
 from ctxssl_cli.model.build import build_model
@@ -49,7 +50,8 @@ class LoadedRun:
         """The split evaluation reads (data/virtual_views.py evaluation_split): the stored views of a views3d
         dataset, or the fixed augmented views of an augment2d one, at the run's resolution."""
         if name not in self._splits:
-            self._splits[name] = evaluation_split(self.data, self.schema, name, self.resolution, self.device)
+            self._splits[name] = evaluation_split(self.data, self.schema, name, self.resolution, self.device,
+                                                  settings_from(self.spec.data.augment))
         return self._splits[name]
 
 

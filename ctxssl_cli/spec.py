@@ -72,6 +72,12 @@ class DataSpec:
     # Quaternion sign convention for actions and targets: True makes w >= 0 (q and -q are the same rotation);
     # False keeps scipy's raw output, as the published code does (for comparisons with its numbers).
     canonical_quat: bool = True
+    # 2D augmentation data only (CIFAR-10, image folders, synthetic-images): the ranges of the view pipeline
+    # (data/augment2d.py AugmentSettings), any subset of crop_scale [min, max] (box area fraction), crop_ratio,
+    # jitter_p, brightness, contrast, saturation, hue, blur_p, blur_sigma [min, max] (pixels of the view).
+    # Empty: SimCLR's CIFAR pipeline as EquiMod uses it (crop_scale [0.2, 1.0], blur_sigma [0.1, 2.0], ...).
+    # Training, the standard units and the evaluation views all follow it.
+    augment: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -453,6 +459,10 @@ def validate(spec: RunSpec) -> None:
     if spec.data.builtin not in ("synthetic", "synthetic-images"):
         raise CtxsslError(f"data.builtin must be synthetic or synthetic-images, got '{spec.data.builtin}'",
                           "e.g. --set data.builtin=synthetic-images (or give data.path)")
+    if spec.data.augment:
+        from ctxssl_cli.data.augment2d import settings_from
+
+        settings_from(spec.data.augment)  # unknown fields, types and ranges: refused before anything runs
     if not t.envs:
         raise CtxsslError("train.envs is empty", "e.g. --set train.envs='{rotation: 0.5, color: 0.5}'")
     for name, p in t.envs.items():
@@ -558,11 +568,11 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             continue
         if len(parts) != 2 or parts[0] not in SECTIONS:
             # train.envs.rotation=0.3 style: a key inside a mapping field
-            if len(parts) == 3 and parts[0] == "train" and parts[1] == "envs":
-                envs = dict(out.get("train", {}).get("envs", TrainSpec().envs))
-                envs[parts[2]] = value
-                out.setdefault("train", {})
-                out["train"] = {**out["train"], "envs": envs}
+            if len(parts) == 3 and (parts[0], parts[1]) in (("train", "envs"), ("data", "augment")):
+                sec, fld = parts[0], parts[1]
+                mapping = dict((out.get(sec) or {}).get(fld) or getattr(SECTIONS[sec](), fld))
+                mapping[parts[2]] = value
+                out[sec] = {**(out.get(sec) or {}), fld: mapping}
                 continue
             raise _unknown_key(key)
         sec = dict(out.get(parts[0]) or {})

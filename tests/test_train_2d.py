@@ -171,3 +171,65 @@ def test_standard_units_on_views3d_data_are_refused(views_data, tmp_path):
 def test_action_units_must_be_known():
     with pytest.raises(CtxsslError, match="model.action_units must be raw or standard"):
         load_spec("demo-2d", ["model.action_units=whitened"])
+
+
+# ---- data.augment (the view pipeline's ranges in the run spec) ---------------------------------------------
+
+def test_augment_settings_from_the_spec():
+    from ctxssl_cli.data.augment2d import DEFAULT_SETTINGS, settings_from
+    from ctxssl_cli.spec import to_yaml
+
+    assert settings_from({}) is DEFAULT_SETTINGS and settings_from(None) is DEFAULT_SETTINGS
+    spec = _spec(1, ["data.augment.crop_scale=[0.5, 1.0]", "data.augment.blur_p=0"])
+    assert spec.data.augment == {"crop_scale": [0.5, 1.0], "blur_p": 0}
+    st = settings_from(spec.data.augment)
+    assert st.crop_scale == (0.5, 1.0) and st.blur_p == 0.0 and st.blur_sigma == DEFAULT_SETTINGS.blur_sigma
+    # the whole mapping at once, and a preset's mapping merged key by key with --set
+    assert load_spec("demo-2d", ["data.augment={hue: 0.2}"]).data.augment == {"hue": 0.2}
+    # a stored run spec reads back the same settings
+    from ctxssl_cli.spec import spec_from_yaml_text
+
+    assert spec_from_yaml_text(to_yaml(spec)).data.augment == spec.data.augment
+
+
+@pytest.mark.parametrize("item, match", [
+    ("data.augment.crop_scal=[0.5, 1.0]", r"unknown augmentation setting 'data.augment.crop_scal' — did you mean 'crop_scale'"),
+    ("data.augment.crop_scale=0.5", r"data.augment.crop_scale must be a \[min, max\] pair of numbers"),
+    ("data.augment.crop_scale=[0.9, 0.2]", r"data.augment: bad augmentation setting: crop_scale"),
+    ("data.augment.hue=0.7", r"data.augment: bad augmentation setting: hue"),
+    ("data.augment.blur_p=yes", r"data.augment.blur_p must be a number"),
+    ("data.augment=[0.2, 1.0]", r"spec key 'data.augment' must be a mapping"),
+])
+def test_bad_augment_settings_are_refused_when_the_spec_is_read(item, match):
+    with pytest.raises(CtxsslError, match=match):
+        load_spec("demo-2d", [item])
+
+
+def test_augment_settings_drive_training_units_and_evaluation_views(images_data, tmp_path):
+    """A run with data.augment trains on views of those ranges, scales its actions by their own standard units,
+    and is evaluated on views drawn with the same settings (recorded in the views' description)."""
+    from ctxssl_cli.data.augment2d import AugmentPairSampler, ViewParams, settings_from, unit_scales
+    from ctxssl_cli.runs import load_run
+
+    spec = _spec(2, ["data.augment.crop_scale=[0.9, 1.0]"])
+    st = settings_from(spec.data.augment)
+    px, py = AugmentPairSampler(images_data.split("train"), 16, seed=0, settings=st).params(0, 0)
+    area = lambda p: p[:, ViewParams.CROP][:, 2] * p[:, ViewParams.CROP][:, 3]
+    assert area(px).min() >= 0.9 - 1e-6 and area(py).min() >= 0.9 - 1e-6
+    pretrain(spec, images_data, tmp_path / "run", DistInfo())
+    run = load_run(tmp_path / "run", images_data.root, torch.device("cpu"))
+    assert torch.equal(run.model.action_scale, unit_scales(st)[0])
+    assert not torch.equal(unit_scales(st)[0], unit_scales()[0])  # the units are the pipeline's own
+    val = run.split("val")
+    lat = torch.from_numpy(val.latents.reshape(-1, ViewParams.DIM))
+    assert area(lat).min() >= 0.9 - 1e-6 and val.describe()["settings"]["crop_scale"] == (0.9, 1.0)
+    default = load_run(tmp_path / "run", images_data.root, torch.device("cpu"))
+    default.spec.data.augment = {}
+    assert area(torch.from_numpy(default.split("val").latents.reshape(-1, ViewParams.DIM))).min() < 0.9
+
+
+def test_augment_settings_on_views3d_data_are_refused(views_data, tmp_path):
+    spec = load_spec("rotation", TINY + ["train.max_steps=1", "data.resolution=16", "data.augment.hue=0.2"])
+    with pytest.raises(CtxsslError, match="data.augment sets the 2D view pipeline.*has stored views"):
+        pretrain(spec, views_data, tmp_path / "r", DistInfo())
+    assert not (tmp_path / "r").exists()

@@ -34,6 +34,8 @@ contiguous slice [r*G/W, (r+1)*G/W). The batch holds the uint8 source images and
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import functools
 import math
 from dataclasses import dataclass
@@ -124,6 +126,46 @@ class AugmentSettings:
 
 
 DEFAULT_SETTINGS = AugmentSettings()
+_PAIR_FIELDS = ("crop_scale", "crop_ratio", "blur_sigma")  # (min, max) ranges; the other fields are numbers
+
+
+def settings_from(mapping: dict | None, key: str = "data.augment") -> AugmentSettings:
+    """A run spec's `data.augment` mapping (field -> value, as YAML gives it: ranges as 2-element lists) ->
+    AugmentSettings; an empty mapping gives the defaults. Unknown fields, wrong types and out-of-range values
+    raise CtxsslError naming `key`."""
+    if not mapping:
+        return DEFAULT_SETTINGS
+    if not isinstance(mapping, dict):
+        raise CtxsslError(f"{key} must be a mapping, got {mapping!r}", f"e.g. --set {key}='{{crop_scale: [0.2, 1.0]}}'")
+    fields = [f.name for f in dataclasses.fields(AugmentSettings)]
+    kw = {}
+    for name, value in mapping.items():
+        if name not in fields:
+            close = difflib.get_close_matches(str(name), fields, n=1, cutoff=0.5)
+            hint = f"did you mean '{close[0]}'?" if close else "valid fields: " + ", ".join(fields)
+            raise CtxsslError(f"unknown augmentation setting '{key}.{name}'", hint)
+        default = getattr(DEFAULT_SETTINGS, name)
+        if name in _PAIR_FIELDS:
+            ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_number(v) for v in value)
+            if not ok:
+                raise CtxsslError(f"{key}.{name} must be a [min, max] pair of numbers, got {value!r}",
+                                  f"e.g. --set {key}.{name}='[{default[0]:g}, {default[1]:g}]'")
+            kw[name] = (float(value[0]), float(value[1]))
+        else:
+            if not _is_number(value):
+                raise CtxsslError(f"{key}.{name} must be a number, got {value!r}", f"e.g. --set {key}.{name}={default:g}")
+            kw[name] = float(value)
+    try:
+        return AugmentSettings(**kw)
+    except CtxsslError as e:
+        raise CtxsslError(f"{key}: {e.what}", e.fix) from None
+
+
+def _is_number(value) -> bool:
+    """A finite int or float (bools are not numbers here; an int too large for a float is not finite)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return math.isfinite(value) if isinstance(value, float) else abs(value) < 1e300
 
 
 # ---- sampling ------------------------------------------------------------------------------------------

@@ -73,11 +73,13 @@ class AugmentedViews:
         return views.mul_(255.0).round_().to(torch.uint8)
 
 
-def evaluation_split(data, schema: ActionSchema, name: str, out_size: int, device="cpu"):
+def evaluation_split(data, schema: ActionSchema, name: str, out_size: int, device="cpu",
+                     settings: AugmentSettings = DEFAULT_SETTINGS):
     """The split object evaluation reads: views3d -> the stored views (`data.split(name)`); augment2d ->
-    AugmentedViews of it at `out_size` (the run's resolution), rendered on `device`."""
+    AugmentedViews of it at `out_size` (the run's resolution), drawn with the run's augmentation `settings`
+    (spec data.augment), rendered on `device`."""
     if schema == VIEWS3D:
         return data.split(name)
     if schema == AUGMENT2D:
-        return AugmentedViews(data.split(name), out_size=out_size, device=device)
+        return AugmentedViews(data.split(name), out_size=out_size, settings=settings, device=device)
     raise CtxsslError(f"evaluation does not know the {schema.name} action schema", "use a newer ctxssl")

@@ -37,16 +37,18 @@ def build_model(spec: RunSpec, action_dim: int, schema: ActionSchema = VIEWS3D) 
                        n_embd=m.n_embd, dropout=m.dropout, aux_hidden=m.aux_hidden, aux_dim=aux_dim(spec, schema),
                        aux_norm=m.aux_norm)
     if m.action_units == "standard":
-        model.action_scale.copy_(standard_units(schema)[0])
+        from ctxssl_cli.data.augment2d import settings_from
+
+        model.action_scale.copy_(standard_units(schema, settings_from(spec.data.augment))[0])
     return model
 
 
-def standard_units(schema: ActionSchema) -> tuple:
+def standard_units(schema: ActionSchema, settings=None) -> tuple:
     """(action scale, aux target scale), each (schema.dim,), of model.action_units=standard: 2D augmentation data
-    only (data/augment2d.py unit_scales)."""
+    only (data/augment2d.py unit_scales), for the augmentation `settings` (None: the defaults)."""
     if schema != AUGMENT2D:
         raise CtxsslError(f"model.action_units=standard is defined for 2D augmentation data, not {schema.name}",
                           "use model.action_units=raw (the default) on 3DIEBench-style data")
     from ctxssl_cli.data.augment2d import unit_scales
 
-    return unit_scales()
+    return unit_scales(settings)

@@ -33,7 +33,7 @@ from ctxssl_cli.fileio import atomic_write_text
 from ctxssl_cli.curves import CURVES_NAME, write_curves
 from ctxssl_cli.progress import Progress
 from ctxssl_cli.train.threads import ThreadGovernor
-from ctxssl_cli.data.augment2d import AugmentPairSampler
+from ctxssl_cli.data.augment2d import AugmentPairSampler, settings_from
 from ctxssl_cli.data.schema import VIEWS3D, ActionSchema, check_same_schema, schema_from_manifest, schema_of_run
 from ctxssl_cli.model.build import build_model, standard_units
 from ctxssl_cli.spec import OPTIMISATION_KEYS, RunSpec, spec_from_yaml_text, stored_meta, to_yaml
@@ -276,6 +276,11 @@ def check_schema(spec: RunSpec, data: PreparedDataset, run_dir: Path, resume: bo
     if spec.is_contextssl and spec.model.action_units == "standard":
         standard_units(schema)  # defined for 2D augmentation data: refused here, before the run folder is made
     if schema == VIEWS3D:
+        if spec.data.augment:
+            raise CtxsslError(f"data.augment sets the 2D view pipeline, but {data.root} ({schema.name}) has stored "
+                              "views, which are not augmented",
+                              "remove data.augment (from the preset or --set), or train on 2D data (`ctxssl "
+                              "prepare cifar10` or `prepare images`)")
         return schema
     if not spec.is_contextssl:
         raise CtxsslError(f"{spec.method} on {schema.name} data ({data.root}) is not supported yet: the baselines' "
@@ -373,7 +378,8 @@ def pretrain(spec: RunSpec, data: PreparedDataset, run_dir: Path, info: D.DistIn
         sampler = PairSampler(train_split, t.batch_size, t.seed, info.rank, info.world_size,
                               spec.data.canonical_quat)
     else:  # views made on the fly from one stored image, rendered on the device (data/augment2d.py)
-        sampler = AugmentPairSampler(train_split, t.batch_size, t.seed, info.rank, info.world_size)
+        sampler = AugmentPairSampler(train_split, t.batch_size, t.seed, info.rank, info.world_size,
+                                     settings_from(spec.data.augment))
     spe = sampler.steps_per_epoch
     total = spe * t.epochs if t.epochs else t.max_steps
     if t.max_steps:

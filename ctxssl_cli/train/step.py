@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ctxssl_cli.data.augment2d import AugmentPairBatch, make_views
+from ctxssl_cli.data.augment2d import DEFAULT_SETTINGS, AugmentPairBatch, AugmentSettings, make_views, settings_from
 from ctxssl_cli.data.pairs import PairBatch, normalise, to_model_input
 from ctxssl_cli.losses import aux_loss, info_nce
 from ctxssl_cli.model.context import layer_attention_masks, pair_attention_mask
@@ -48,7 +48,7 @@ def aux_target(target: torch.Tensor, spec: RunSpec, schema: ActionSchema = VIEWS
     model.action_units says so."""
     if schema != VIEWS3D:
         if spec.model.action_units == "standard":
-            return target * standard_units(schema)[1].to(target.device)
+            return target * standard_units(schema, settings_from(spec.data.augment))[1].to(target.device)
         return target
     rot, hue = target[:, list(ROTATION)], target[:, list(COLOR)]
     if spec.train.aux_rotation == "matrix":
@@ -92,11 +92,13 @@ class ModelInputs:
     target_y: torch.Tensor  # (n, A) y's absolute latent (views3d: 6-d; augment2d: 9 view parameters)
 
 
-def model_inputs(batch: PairBatch | AugmentPairBatch, mean, std, resolution: int, device) -> ModelInputs:
+def model_inputs(batch: PairBatch | AugmentPairBatch, mean, std, resolution: int, device,
+                 settings: AugmentSettings = DEFAULT_SETTINGS) -> ModelInputs:
     """The two views as the model reads them, whichever kind of data: stored views (uint8, resized and
-    normalised) or an augment2d batch, whose views are rendered here, on the training device (data/augment2d.py)."""
+    normalised) or an augment2d batch, whose views are rendered here, on the training device (data/augment2d.py),
+    with the run's augmentation `settings` (spec data.augment)."""
     if isinstance(batch, AugmentPairBatch):
-        x, y, action, _, target_y = make_views(batch, resolution)
+        x, y, action, _, target_y = make_views(batch, resolution, settings)
         x, y = normalise(x, mean, std), normalise(y, mean, std)
     else:
         x, y = to_model_input(batch.x, mean, std, resolution), to_model_input(batch.y, mean, std, resolution)
@@ -118,7 +120,7 @@ def compute_loss(fwd: nn.Module, batch: PairBatch | AugmentPairBatch, spec: RunS
                  attn_mask: torch.Tensor, info: DistInfo, mean, std, resolution: int,
                  autocast_dtype: torch.dtype | None, schema: ActionSchema = VIEWS3D) -> StepOutput:
     device = info.device
-    inp = model_inputs(batch, mean, std, resolution, device)
+    inp = model_inputs(batch, mean, std, resolution, device, settings_from(spec.data.augment))
     revealed = revealed_mask(env, inp.action.shape[1], device, schema)
     action = inp.action * revealed  # hidden components are zeroed in every x token
     with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
