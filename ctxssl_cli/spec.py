@@ -76,7 +76,8 @@ class DataSpec:
     # (data/augment2d.py AugmentSettings), any subset of crop_scale [min, max] (box area fraction), crop_ratio,
     # jitter_p, brightness, contrast, saturation, hue, blur_p, blur_sigma [min, max] (pixels of the view).
     # Empty: SimCLR's CIFAR pipeline as EquiMod uses it (crop_scale [0.2, 1.0], blur_sigma [0.1, 2.0], ...).
-    # Training, the standard units and the evaluation views all follow it.
+    # Training, the standard units and the evaluation views all follow it. A preset's mapping is merged field by
+    # field into the one it extends; `augment: {}` clears it.
     augment: dict = field(default_factory=dict)
 
 
@@ -306,6 +307,9 @@ def _unknown_key(key: str) -> CtxsslError:
     return CtxsslError(f"unknown spec key '{key}'", _suggest(key, _all_keys() + ["method"]))
 
 
+_DICT_EXAMPLES = {"train.envs": "'{rotation: 0.5, color: 0.5}'", "data.augment": "'{crop_scale: [0.2, 1.0]}'"}
+
+
 def _coerce(key: str, value: Any, typ: Any) -> Any:
     """Check `value` against the field type; ints are accepted for floats. Raises CtxsslError otherwise."""
     if isinstance(typ, str):  # postponed annotations
@@ -321,7 +325,7 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
     if typ is int and isinstance(value, bool):
         raise CtxsslError(f"spec key '{key}' must be an integer, got {value!r}", f"e.g. --set {key}=3")
     if not isinstance(value, typ):
-        example = {int: "3", float: "0.5", bool: "true", str: "NAME", dict: "'{rotation: 0.5, color: 0.5}'"}[typ]
+        example = {int: "3", float: "0.5", bool: "true", str: "NAME", dict: _DICT_EXAMPLES.get(key, "'{}'")}[typ]
         kind = {int: "an integer", float: "a number (float)", bool: "true or false", str: "a string",
                 dict: "a mapping"}[typ]
         raise CtxsslError(
@@ -484,10 +488,10 @@ def validate(spec: RunSpec) -> None:
 def _deep_merge(base: dict, over: dict) -> dict:
     out = dict(base)
     for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "envs":
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "envs" and not (k == "augment" and not v):
             out[k] = _deep_merge(out[k], v)
         else:
-            out[k] = v  # envs is replaced whole: a mixture is one value
+            out[k] = v  # envs is replaced whole: a mixture is one value; augment: {} clears a parent's settings
     return out
 
 
@@ -570,8 +574,11 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             # train.envs.rotation=0.3 style: a key inside a mapping field
             if len(parts) == 3 and (parts[0], parts[1]) in (("train", "envs"), ("data", "augment")):
                 sec, fld = parts[0], parts[1]
-                mapping = dict((out.get(sec) or {}).get(fld) or getattr(SECTIONS[sec](), fld))
-                mapping[parts[2]] = value
+                mapping = (out.get(sec) or {}).get(fld, getattr(SECTIONS[sec](), fld))
+                if not isinstance(mapping, dict):
+                    raise CtxsslError(f"spec key '{sec}.{fld}' must be a mapping, got {mapping!r}",
+                                      f"e.g. --set {sec}.{fld}={_DICT_EXAMPLES[f'{sec}.{fld}']}")
+                mapping = {**mapping, parts[2]: value}
                 out[sec] = {**(out.get(sec) or {}), fld: mapping}
                 continue
             raise _unknown_key(key)

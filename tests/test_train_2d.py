@@ -228,6 +228,76 @@ def test_augment_settings_drive_training_units_and_evaluation_views(images_data,
     assert area(torch.from_numpy(default.split("val").latents.reshape(-1, ViewParams.DIM))).min() < 0.9
 
 
+def test_training_renders_views_with_the_runs_settings(images_data, tmp_path, monkeypatch):
+    """pretrain hands the spec's settings to the pair sampler and to the view renderer, and the aux targets are
+    scaled by those settings' units."""
+    import ctxssl_cli.train.loop as loop
+    import ctxssl_cli.train.step as step
+    from ctxssl_cli.data.augment2d import settings_from, unit_scales
+
+    seen = {"sampler": [], "views": []}
+    sampler_cls, make_views = loop.AugmentPairSampler, step.make_views
+
+    def sampler(*args, **kw):
+        s = sampler_cls(*args, **kw)
+        seen["sampler"].append(s.settings)
+        return s
+
+    def views(batch, size, settings):
+        seen["views"].append(settings)
+        return make_views(batch, size, settings)
+
+    monkeypatch.setattr(loop, "AugmentPairSampler", sampler)
+    monkeypatch.setattr(step, "make_views", views)
+    spec = _spec(2, ["data.augment.blur_sigma=[0.1, 4.0]", "data.augment.crop_scale=[0.6, 1.0]"])
+    st = settings_from(spec.data.augment)
+    pretrain(spec, images_data, tmp_path / "run", DistInfo())
+    assert seen["sampler"] == [st] and seen["views"] == [st, st]
+    t = torch.rand(4, 9)
+    assert torch.equal(step.aux_target(t, spec, AUGMENT2D), t * unit_scales(st)[1])
+
+
+def test_augment_settings_edge_cases():
+    from ctxssl_cli.data.augment2d import settings_from, unit_scales
+
+    st = settings_from({"crop_scale": ["1e-1", 1.0], "blur_sigma": [1, "2e0"]})  # YAML 1.1 reads 1e-1 as text
+    assert st.crop_scale == (0.1, 1.0) and st.blur_sigma == (1.0, 2.0)
+    # a component the settings never vary keeps unit scale (no 1e6 from a zero standard deviation)
+    a, t = unit_scales(settings_from({"crop_scale": [1.0, 1.0], "crop_ratio": [1.0, 1.0], "blur_p": 0}))
+    assert torch.isfinite(a).all() and a.max() < 100 and t.max() < 100
+    assert a[2] == 1.0 and t[2] == 1.0 and a[8] == 1.0  # height (always 1) and sigma (always 0)
+
+
+def test_augment_in_presets_merges_field_by_field(tmp_path):
+    (tmp_path / "parent.yaml").write_text("extends: demo-2d\ndata:\n  augment: {hue: 0.2}\n")
+    (tmp_path / "child.yaml").write_text("extends: parent.yaml\ndata:\n  augment: {blur_p: 0.8}\n")
+    (tmp_path / "clear.yaml").write_text("extends: parent.yaml\ndata:\n  augment: {}\n")
+    assert load_spec(str(tmp_path / "child.yaml")).data.augment == {"hue": 0.2, "blur_p": 0.8}
+    assert load_spec(str(tmp_path / "clear.yaml")).data.augment == {}
+    assert load_spec(str(tmp_path / "child.yaml"), ["data.augment.hue=0.05"]).data.augment == {"hue": 0.05,
+                                                                                               "blur_p": 0.8}
+    with pytest.raises(CtxsslError, match=r"spec key 'data.augment' must be a mapping.*crop_scale"):
+        load_spec("demo-2d", ["data.augment=5", "data.augment.hue=0.1"])
+
+
+def test_resume_refuses_other_augment_settings(images_data, tmp_path):
+    pretrain(_spec(2, ["train.max_steps=1"]), images_data, tmp_path / "run", DistInfo())
+    with pytest.raises(CtxsslError, match="data.augment"):
+        pretrain(_spec(2, ["data.augment.hue=0.2"]), images_data, tmp_path / "run", DistInfo(), resume=True)
+    assert load_checkpoint(tmp_path / "run").step == 1
+
+
+def test_compare_tells_runs_evaluated_on_other_views_apart():
+    from ctxssl_cli.evaluate.compare import protocol_of
+
+    def report(views):
+        return {"meta": {"settings": {"probes": "paper"}, "data": {"virtual_views": views} if views else {}}}
+
+    a, b = report({"settings": {"crop_scale": [0.2, 1.0]}}), report({"settings": {"crop_scale": [0.5, 1.0]}})
+    assert protocol_of(a) != protocol_of(b) and protocol_of(a) == protocol_of(report({"settings": {"crop_scale": [0.2, 1.0]}}))
+    assert "views" not in protocol_of(report(None))  # 3D reports: as before
+
+
 def test_augment_settings_on_views3d_data_are_refused(views_data, tmp_path):
     spec = load_spec("rotation", TINY + ["train.max_steps=1", "data.resolution=16", "data.augment.hue=0.2"])
     with pytest.raises(CtxsslError, match="data.augment sets the 2D view pipeline.*has stored views"):

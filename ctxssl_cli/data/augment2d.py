@@ -103,9 +103,9 @@ class AugmentSettings:
         s0, s1 = map(float, self.crop_scale)
         r0, r1 = map(float, self.crop_ratio)
         if not 0 < s0 <= s1 <= 1:
-            bad(f"crop_scale {self.crop_scale}", "use 0 < min <= max <= 1, e.g. (0.2, 1.0)")
+            bad(f"crop_scale {list(self.crop_scale)}", "use 0 < min <= max <= 1, e.g. --set data.augment.crop_scale='[0.2, 1.0]'")
         if not 0 < r0 <= r1:
-            bad(f"crop_ratio {self.crop_ratio}", "use 0 < min <= max, e.g. (0.75, 1.333)")
+            bad(f"crop_ratio {list(self.crop_ratio)}", "use 0 < min <= max, e.g. --set data.augment.crop_ratio='[0.75, 1.333]'")
         for name in ("jitter_p", "blur_p"):
             if not 0 <= getattr(self, name) <= 1:
                 bad(f"{name} {getattr(self, name)}", "use a probability in [0, 1]")
@@ -116,7 +116,7 @@ class AugmentSettings:
             bad(f"hue {self.hue}", "use a hue jitter in [0, 0.5]")
         b0, b1 = map(float, self.blur_sigma)
         if not 0 < b0 <= b1:
-            bad(f"blur_sigma {self.blur_sigma}", "use 0 < min <= max, e.g. (0.1, 2.0)")
+            bad(f"blur_sigma {list(self.blur_sigma)}", "use 0 < min <= max, e.g. --set data.augment.blur_sigma='[0.1, 2.0]'")
 
     @property
     def blur_kernel_size(self) -> int:
@@ -146,6 +146,8 @@ def settings_from(mapping: dict | None, key: str = "data.augment") -> AugmentSet
             raise CtxsslError(f"unknown augmentation setting '{key}.{name}'", hint)
         default = getattr(DEFAULT_SETTINGS, name)
         if name in _PAIR_FIELDS:
+            if isinstance(value, (list, tuple)):  # YAML 1.1 reads 1e-1 as a string: take numeric strings too
+                value = [_number_or_text(v) for v in value]
             ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_number(v) for v in value)
             if not ok:
                 raise CtxsslError(f"{key}.{name} must be a [min, max] pair of numbers, got {value!r}",
@@ -159,6 +161,15 @@ def settings_from(mapping: dict | None, key: str = "data.augment") -> AugmentSet
         return AugmentSettings(**kw)
     except CtxsslError as e:
         raise CtxsslError(f"{key}: {e.what}", e.fix) from None
+
+
+def _number_or_text(value):
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _is_number(value) -> bool:
@@ -363,7 +374,10 @@ def unit_scales(settings: AugmentSettings = None) -> tuple[torch.Tensor, torch.T
     px, py = sample_params(_STD_SAMPLES, g, st), sample_params(_STD_SAMPLES, g, st)
     a_std = relative_action(px, py).double().std(0)
     t_std = absolute_target(py).double().std(0)
-    return (1.0 / a_std.clamp_min(1e-6)).float(), (AUX_TARGET_STD / t_std.clamp_min(1e-6)).float()
+    # a component the settings never vary (crop_scale [1, 1]: height and width always 1) keeps unit scale
+    fixed_a, fixed_t = a_std <= 1e-6, t_std <= 1e-6
+    return (torch.where(fixed_a, 1.0, 1.0 / a_std.clamp_min(1e-6)).float(),
+            torch.where(fixed_t, 1.0, AUX_TARGET_STD / t_std.clamp_min(1e-6)).float())
 
 
 # ---- training pairs ------------------------------------------------------------------------------------

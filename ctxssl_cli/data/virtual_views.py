@@ -2,8 +2,10 @@
 `embed` and `evaluate` read a 2D dataset exactly as they read a split of stored 3D views.
 
 An augment2d split stores one image per object. `AugmentedViews` gives every object `n_views` views whose parameters
-are drawn once, from (seed, split name) alone: one vectorised `augment2d.sample_params` call for all N*V views
-(object-major: row o*V + v is view v of object o), so every run on a dataset is evaluated on the same views.
+are drawn once, from (seed, split name) and the run's augmentation settings (spec data.augment) alone: one
+vectorised `augment2d.sample_params` call for all N*V views (object-major: row o*V + v is view v of object o), so
+every run on a dataset with the same settings is evaluated on the same views (the settings are part of
+`describe()`, hence of the embeddings' cache key and of the report; `ctxssl compare` marks runs whose views differ).
 Its `latents` (N, V, 9) are those raw parameters (ViewParams layout); the actions and per-view targets are computed
 from them (data/actions.py). `images(obj, view)` renders the views as uint8 like a stored split, so the model input
 path (pairs.to_model_input) does not change.

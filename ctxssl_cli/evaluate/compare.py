@@ -112,6 +112,9 @@ def protocol_of(report: dict) -> dict:
     proto = {k: settings.get(k) for k in PROTOCOL_KEYS}
     proto["probes"] = proto["probes"] or "fast (ctxssl <= 0.2)"  # as report.py reads reports without the key
     proto["r2"] = proto["r2"] or settings.get("r2_kind") or "sklearn"
+    views = (report["meta"].get("data") or {}).get("virtual_views")
+    if views:  # 2D data: the evaluation views follow each run's augmentation settings (spec data.augment)
+        proto["views"] = views
     return proto
 
 

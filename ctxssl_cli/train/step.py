@@ -157,7 +157,7 @@ def compute_method_loss(fwd: nn.Module, batch: PairBatch, spec: RunSpec, info: D
     from ctxssl_cli.methods import METHODS
 
     device = info.device
-    inp = model_inputs(batch, mean, std, resolution, device)
+    inp = model_inputs(batch, mean, std, resolution, device, settings_from(spec.data.augment))
     with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
         out = fwd(inp.x, inp.y, inp.action)
     terms = METHODS[spec.method].loss(out, spec.method_block, info)
